@@ -1,0 +1,150 @@
+"""The ``graft`` command: one subcommand per stage.
+
+Arguments are declared here, with no heavy imports, so ``graft --help`` is
+instant and ``graft eval``/``graft export`` never import the training stack:
+each handler is imported only when its subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from graft import __version__
+
+# subcommand -> (module, function). The function takes the parsed args and returns an exit code.
+HANDLERS = {
+    "build": ("graft.pipeline.build", "run_build_command"),
+    "embed": ("graft.pipeline.embed", "run_embed_command"),
+    "train": ("graft.training.trainer", "run_train_command"),
+    "eval": ("graft.evaluation.run", "run_eval_command"),
+    "export": ("graft.evaluation.export", "run_export_command"),
+    "filter-train": ("graft.pipeline.indoor", "run_filter_train_command"),
+    "doctor": ("graft.doctor", "run_doctor_command"),
+    "demo": ("graft.demo.run", "run_demo_command"),
+}
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.max_steps=100 (repeatable; VALUE is parsed as YAML)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graft",
+        description="Train remote-sensing vision-language models without text annotations, by aligning "
+        "satellite encoders to frozen CLIP embeddings of co-located ground photos (GRAFT).",
+        epilog="Stages: build -> embed -> train -> eval -> export. 'graft demo' runs them all on a synthetic world.",
+    )
+    parser.add_argument("--version", action="version", version=f"graft {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("build", help="build a dataset: ground photos -> indoor filter -> satellite tiles -> shards",
+                       description="Collect geotagged ground photos, drop indoor shots, fetch co-located satellite "
+                       "tiles and write WebDataset shards plus manifest.parquet. Re-running resumes: finished "
+                       "partitions are skipped.")
+    p.add_argument("config", help="dataset YAML (see data_pipeline/*.yaml)")
+    p.add_argument("--distributor", choices=["local", "ray"], default=None,
+                   help="run partitions on a local thread pool (default) or as Ray tasks (needs the 'ray' extra)")
+    p.add_argument("--workers", type=int, default=None, help="parallel partitions (local) / tasks in flight (ray)")
+    _add_set(p)
+
+    p = sub.add_parser("embed", help="cache frozen-CLIP embeddings of every kept ground photo",
+                       description="Run every kept ground photo through the frozen CLIP tower once and store fp16 "
+                       "embeddings in its tile's shard sample, so training never decodes a ground JPEG. "
+                       "Resumes shard by shard.")
+    p.add_argument("dataset", help="dataset folder written by 'graft build'")
+    p.add_argument("--clip-model", default=None, help="open_clip model name or local-dir:/hf-hub: spec")
+    p.add_argument("--clip-pretrained", default=None, help="pretrained tag or local weights file")
+    p.add_argument("--config", default=None, help="training YAML whose 'clip' section to use instead")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2, help="parallel JPEG decoding threads")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--force", action="store_true", help="recompute even if a cache with another CLIP spec exists")
+
+    p = sub.add_parser("train", help="train an image- or pixel-level satellite encoder (run under torchrun for DDP)",
+                       description="Train a satellite encoder against cached ground embeddings with the 1:N "
+                       "contrastive loss. Under torchrun every rank's ground embeddings join the softmax.")
+    p.add_argument("config", help="training YAML (see train/image_level.yaml, train/pixel_level.yaml)")
+    p.add_argument("--resume", default=None, metavar="latest|PATH",
+                   help="resume from the newest valid checkpoint in the run folder, or from a checkpoint folder")
+    p.add_argument("--live-ground", action="store_true",
+                   help="embed ground photos with the frozen tower on the fly instead of reading the cache")
+    _add_set(p)
+
+    p = sub.add_parser("eval", help="zero-shot classification, retrieval, segmentation, probes and alignment",
+                       description="Evaluate GRAFT checkpoints/exports side by side with the frozen CLIP baseline, "
+                       "and write report.json, report.md and plots.")
+    p.add_argument("config", help="evaluation YAML (see eval/*.yaml)")
+    _add_set(p)
+
+    p = sub.add_parser("export", help="export a checkpoint as an open_clip 'local-dir:' model folder",
+                       description="Write OUT_DIR so that open_clip.create_model_and_transforms('local-dir:OUT_DIR') "
+                       "loads it: the image tower is the satellite encoder, the text tower is CLIP's.")
+    p.add_argument("checkpoint", help="checkpoint folder, or a run folder (its newest valid checkpoint is used)")
+    p.add_argument("out_dir")
+
+    p = sub.add_parser("filter-train", help="fine-tune a 2-class indoor/outdoor ResNet18 on a folder",
+                       description="Train the ResNet18 indoor filter on FOLDER/indoor and FOLDER/outdoor images.")
+    p.add_argument("folder", help="folder with indoor/ and outdoor/ subfolders")
+    p.add_argument("out", help="output weights file (.safetensors)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--init", default=None, help="initial ResNet18 weights file (e.g. Places365); random if omitted")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("doctor", help="check credentials and reachability of Earth Engine and Flickr",
+                       description="Say exactly which credential or service is missing for a live build.")
+    p.add_argument("--config", default=None, help="dataset YAML, to check only the sources it uses")
+    p.add_argument("--offline", action="store_true", help="check credentials only, make no network calls")
+
+    p = sub.add_parser("demo", help="the whole job on a synthetic world, on CPU, in minutes",
+                       description="Generate a synthetic world, train a tiny CLIP teacher on ground photos, build "
+                       "the dataset with the real pipeline, cache embeddings, train image- and pixel-level "
+                       "models, evaluate against the teacher-direct baseline, export, and write a report.")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="smaller world and fewer steps (used by the test suite)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from graft.credentials import install_log_redaction, redact
+
+    install_log_redaction()
+    module, func = HANDLERS[args.command]
+    handler = getattr(importlib.import_module(module), func)
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - last line of defence: a clean message, secrets masked
+        from graft.config import ConfigError
+        from graft.credentials import CredentialError
+
+        if isinstance(e, (ConfigError, CredentialError, FileNotFoundError)) and not args.verbose:
+            print(f"graft {args.command}: error: {redact(str(e))}", file=sys.stderr)
+            return 2
+        logging.getLogger("graft").error("%s failed: %s", args.command, redact(f"{type(e).__name__}: {e}"))
+        if args.verbose:
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

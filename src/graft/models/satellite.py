@@ -1,0 +1,109 @@
+"""Satellite encoders: trainable copies of CLIP's image tower.
+
+* :class:`ImageLevelEncoder`: one L2-normalised embedding per tile (CLIP's
+  pooled output).
+* :class:`PixelLevelEncoder`: the same backbone; every patch token goes through
+  a projector (LayerNorm + Linear) initialised from CLIP's ``ln_post`` and
+  ``proj``, giving one normalised embedding per patch, (B, P, D). At
+  initialisation a patch token is therefore projected exactly as CLIP projects
+  its class token.
+
+Both keep the open_clip ``VisionTransformer`` as ``self.visual`` so its state
+dict drops straight into an open_clip model on export.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _check_vit(visual: nn.Module) -> None:
+    missing = [a for a in ("conv1", "transformer", "ln_post", "proj", "_embeds") if not hasattr(visual, a)]
+    if missing:
+        raise TypeError(
+            f"satellite encoders need an open_clip VisionTransformer image tower; {type(visual).__name__} "
+            f"lacks {missing}. Use a ViT CLIP model (e.g. ViT-B-16-quickgelu)."
+        )
+
+
+class ImageLevelEncoder(nn.Module):
+    kind = "image"
+
+    def __init__(self, clip_visual: nn.Module):
+        super().__init__()
+        _check_vit(clip_visual)
+        self.visual = copy.deepcopy(clip_visual)
+        for p in self.visual.parameters():
+            p.requires_grad_(True)
+
+    @property
+    def patch_size(self) -> int:
+        ps = self.visual.patch_size
+        return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+
+    @property
+    def image_size(self) -> int:
+        s = self.visual.image_size
+        return int(s[0] if isinstance(s, (tuple, list)) else s)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual(images), dim=-1)
+
+    # CLIP_benchmark-style interface, so evaluation treats every model alike.
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        out = self.visual(images)
+        return F.normalize(out, dim=-1) if normalize else out
+
+
+class PixelLevelEncoder(ImageLevelEncoder):
+    kind = "pixel"
+
+    def __init__(self, clip_visual: nn.Module):
+        super().__init__(clip_visual)
+        proj = self.visual.proj  # (width, embed_dim)
+        width, dim = proj.shape
+        self.projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim))
+        with torch.no_grad():
+            self.projector[0].load_state_dict(self.visual.ln_post.state_dict())
+            self.projector[1].weight.copy_(proj.t())
+            self.projector[1].bias.zero_()
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Final-layer tokens before pooling: (B, 1 + P, width)."""
+        x = self.visual._embeds(images)
+        return self.visual.transformer(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised patch embeddings, (B, P, D), patches in row-major order."""
+        tokens = self.patch_tokens(images)
+        return F.normalize(self.projector(tokens[:, 1:]), dim=-1)
+
+    def forward_both(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image embedding (B, D), patch embeddings (B, P, D)) from one pass."""
+        tokens = self.patch_tokens(images)
+        pooled, _ = self.visual._pool(tokens)
+        image = F.normalize(pooled @ self.visual.proj, dim=-1)
+        return image, F.normalize(self.projector(tokens[:, 1:]), dim=-1)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.forward_both(images)[0] if normalize else self.visual(images)
+
+
+ENCODERS = {"image": ImageLevelEncoder, "pixel": PixelLevelEncoder}
+
+
+def build_encoder(kind: str, clip_visual: nn.Module) -> ImageLevelEncoder:
+    if kind not in ENCODERS:
+        raise ValueError(f"model.kind must be one of {sorted(ENCODERS)}, got {kind!r}")
+    return ENCODERS[kind](clip_visual)

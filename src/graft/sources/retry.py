@@ -1,0 +1,76 @@
+"""Retry policy and request-rate limiting for remote sources (Flickr, Earth Engine, HTTP).
+
+Retries use tenacity with capped, jittered exponential backoff. Rate limits
+use a token bucket per API key, shared by all threads of the process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from graft.config import StrictModel
+
+T = TypeVar("T")
+
+
+class RetryConfig(StrictModel):
+    max_attempts: int = 6
+    initial_s: float = 1.0
+    max_backoff_s: float = 60.0
+
+
+class TransientError(Exception):
+    """A failure worth retrying (429, 5xx, timeout, reset, malformed or truncated reply)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    cfg: RetryConfig,
+    is_transient: Callable[[BaseException], bool] = lambda e: isinstance(e, TransientError),
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``fn`` until it succeeds or ``cfg.max_attempts`` is reached; re-raise the last error."""
+    retrying = Retrying(
+        stop=stop_after_attempt(cfg.max_attempts),
+        wait=wait_random_exponential(multiplier=cfg.initial_s, max=cfg.max_backoff_s),
+        retry=retry_if_exception(is_transient),
+        reraise=True,
+        sleep=sleep,
+    )
+    return retrying(fn)
+
+
+class TokenBucket:
+    """Allow at most ``rate_per_hour`` acquisitions per hour, with bursts up to ``burst``."""
+
+    def __init__(self, rate_per_hour: float, burst: int = 10, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        if rate_per_hour <= 0:
+            raise ValueError("rate_per_hour must be positive")
+        self.rate = rate_per_hour / 3600.0
+        self.capacity = float(burst)
+        self.tokens = float(burst)
+        self._clock, self._sleep = clock, sleep
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self._lock:
+                now = self._clock()
+                self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+                self._last = now
+                if self.tokens >= 1.0:
+                    self.tokens -= 1.0
+                    return
+                wait = (1.0 - self.tokens) / self.rate
+            self._sleep(wait)
