@@ -76,7 +76,7 @@ class TileGrid:
 
     def latlon_of(self, row, col):
         """WGS84 (lat, lon) of fractional pixel positions on this grid."""
-        x, y = self.transform * (np.asarray(col, dtype=float), np.asarray(row, dtype=float))
+        x, y = self.transform @ (np.asarray(col, dtype=float), np.asarray(row, dtype=float))
         lon, lat = crs_to_lonlat(x, y, self.crs)
         return lat, lon
 
@@ -94,7 +94,7 @@ class TileGrid:
 
 def pixel_of_xy(transform: Affine, x, y):
     """Fractional (row, col) of CRS coordinates: ``(col, row) = ~transform * (x, y)``."""
-    col, row = ~transform * (np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    col, row = ~transform @ (np.asarray(x, dtype=float), np.asarray(y, dtype=float))
     return row, col
 
 

@@ -142,7 +142,11 @@ def spec_record(bundle: ClipBundle) -> dict:
 
 def spec_mismatch(cached: dict, bundle: ClipBundle) -> str | None:
     """Why a cache made with ``cached`` cannot be used with ``bundle``; None if it can."""
-    want = spec_record(bundle)
+    return records_mismatch(cached, spec_record(bundle))
+
+
+def records_mismatch(cached: dict, want: dict) -> str | None:
+    """Why two :func:`spec_record` records differ; None if they agree."""
     diffs = [k for k in ("model", "pretrained", "fingerprint", "preprocess", "embed_dim") if cached.get(k) != want[k]]
     if not diffs:
         return None

@@ -1,0 +1,272 @@
+"""Streaming training batches from the dataset's WebDataset shards.
+
+Each epoch, the split's tile shards are permuted with a seed derived from
+(seed, epoch) and dealt out to ranks and DataLoader workers (the equivalent of
+WebDataset's ``split_by_node`` + ``split_by_worker``, made epoch-deterministic
+so that a resumed run sees exactly the batches an uninterrupted run would
+have). Each worker shuffles through a buffer, decodes the tile GeoTIFF,
+applies a random crop/flip/rot90 that carries every photo's position along,
+and assembles whole batches, so the main process only moves tensors.
+
+Ground photos arrive as cached embeddings (``emb.npy`` written by
+``graft embed``), or, with ``live_ground``, as preprocessed photo tensors read
+in lockstep from the partition's photo shard (for the frozen tower to embed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from graft.imagery import decode_geotiff, tile_to_rgb8
+from graft.training.augment import Augment, apply_to_image, photo_patch_index
+
+
+class DataError(RuntimeError):
+    """The dataset cannot feed training as configured (missing split, no cache, spec mismatch)."""
+
+
+def split_shards(dataset: str | Path, split: str) -> list[str]:
+    """Tile shards holding ``split``, from the manifest, sorted."""
+    dataset = Path(dataset)
+    table = pq.read_table(dataset / "manifest.parquet", columns=["split", "tile_shard"]).to_pandas()
+    shards = sorted(set(table.loc[table["split"] == split, "tile_shard"]))
+    if not shards:
+        have = sorted(set(table["split"]))
+        raise DataError(f"{dataset}/manifest.parquet has no tiles in split {split!r} (splits present: {have})")
+    return [str(dataset / s) for s in shards]
+
+
+def _read(urls: list[str]) -> Iterator[dict[str, Any]]:
+    # Node/worker splitting is done by TileStream itself (epoch-deterministic), so none here.
+    yield from wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+
+
+def check_embedding_cache(shards: list[str], want: dict) -> None:
+    """Refuse a ground-embedding cache made with another CLIP tower or preprocessing.
+
+    ``want`` is :func:`graft.models.clip_tower.spec_record` of the training config's tower.
+    The first sample of every shard is checked (``graft embed`` writes a shard with one spec).
+    """
+    from graft.models.clip_tower import records_mismatch
+
+    for shard in shards:
+        first = next(iter(_read([shard])), None)
+        if first is None:
+            continue
+        if "emb.json" not in first:
+            raise DataError(f"{shard} has no cached ground embeddings; run `graft embed` on the dataset "
+                            f"(or train with --live-ground)")
+        cached = json.loads(first["emb.json"])
+        why = records_mismatch(cached.get("clip", cached), want)
+        if why:
+            raise DataError(f"the ground-embedding cache in {shard} was made with another CLIP tower: {why}. "
+                            f"Re-run `graft embed --force` with this config's clip section, or set clip: to the "
+                            f"tower that made the cache.")
+
+
+def _photo_shard_for(tile_shard: str) -> str:
+    p = Path(tile_shard)
+    return str(p.parent.parent / "photos" / p.name.replace("tiles-", "photos-", 1))
+
+
+@dataclass
+class StreamSpec:
+    """Everything a worker needs, picklable."""
+
+    shards: list[str]
+    split: str
+    batch_size: int
+    crop_size: int
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    flips: bool = True
+    rot90: bool = True
+    shuffle_buffer: int = 256
+    max_photos: int = 25
+    live_ground: bool = False
+    photo_transform: Any = None  # the frozen tower's preprocess, for live_ground
+    train: bool = True  # False: centre crop, no shuffle, no flips (evaluation-style pass)
+
+
+class TileStream(IterableDataset):
+    """One epoch of batches for one rank. Build a new one per epoch (``epoch`` fixes the order)."""
+
+    def __init__(self, spec: StreamSpec, epoch: int):
+        super().__init__()
+        self.spec, self.epoch = spec, epoch
+
+    def _my_shards(self) -> tuple[list[str], int, int]:
+        s = self.spec
+        info = get_worker_info()
+        nw, wid = (info.num_workers, info.id) if info else (1, 0)
+        slots, slot = s.world_size * nw, s.rank * nw + wid
+        shards = list(s.shards)
+        if s.train:
+            random.Random(f"{s.seed}/{self.epoch}").shuffle(shards)
+        if len(shards) >= slots:
+            return shards[slot::slots], 1, 0
+        # Fewer shards than readers: everyone reads all shards and keeps every slots-th sample.
+        return shards, slots, slot
+
+    def _samples(self) -> Iterator[dict[str, Any]]:
+        shards, stride, offset = self._my_shards()
+        n = 0
+        for shard in shards:
+            photo_iter = iter(_read([_photo_shard_for(shard)])) if self.spec.live_ground else None
+            for sample in _read([shard]):
+                meta = json.loads(sample["json"])
+                photos = None
+                if photo_iter is not None:
+                    photos = [next(photo_iter) for _ in meta["photos"]]
+                if meta.get("split", self.spec.split) != self.spec.split:
+                    continue
+                n += 1
+                if (n - 1) % stride != offset:
+                    continue
+                yield {"sample": sample, "meta": meta, "photos": photos}
+
+    def _shuffled(self, rng: random.Random) -> Iterator[dict[str, Any]]:
+        buf: list[dict[str, Any]] = []
+        for item in self._samples():
+            if not self.spec.train or self.spec.shuffle_buffer <= 1:
+                yield item
+                continue
+            buf.append(item)
+            if len(buf) >= self.spec.shuffle_buffer:
+                yield buf.pop(rng.randrange(len(buf)))
+        while buf:
+            yield buf.pop(rng.randrange(len(buf)))
+
+    def _decode(self, item: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        s = self.spec
+        meta, sample = item["meta"], item["sample"]
+        arr, _ = decode_geotiff(sample["tif"])
+        rgb = torch.from_numpy(tile_to_rgb8(arr)).permute(2, 0, 1).float().div_(255.0)
+        tile_size = rgb.shape[-1]
+        aug = (Augment.sample(rng, tile_size, s.crop_size, s.flips, s.rot90) if s.train
+               else Augment.center(tile_size, s.crop_size))
+        img = apply_to_image(rgb, aug)
+        mean = torch.tensor(s.mean).view(3, 1, 1)
+        std = torch.tensor(s.std).view(3, 1, 1)
+        img = (img - mean) / std
+
+        photos = meta["photos"]
+        keep = np.arange(len(photos))
+        if len(keep) > s.max_photos:
+            keep = np.sort(rng.choice(len(photos), s.max_photos, replace=False))
+        rows = np.array([photos[i]["row"] for i in keep], dtype=np.float64)
+        cols = np.array([photos[i]["col"] for i in keep], dtype=np.float64)
+        out = {"image": img, "patch_index": torch.from_numpy(photo_patch_index(rows, cols, aug, s.patch_size)),
+               "tile_id": meta["tile_id"]}
+        if s.live_ground:
+            ims = []
+            for i in keep:
+                ph = item["photos"][i]
+                data = ph.get("jpg") or ph.get("png")
+                ims.append(s.photo_transform(Image.open(io.BytesIO(data)).convert("RGB")))
+            out["photos"] = torch.stack(ims)
+        else:
+            if "emb.npy" not in sample:
+                raise DataError(f"tile {meta['tile_id']} has no cached ground embeddings; run `graft embed` "
+                                f"on the dataset first (or train with --live-ground)")
+            emb = np.load(io.BytesIO(sample["emb.npy"]))
+            out["ground"] = torch.from_numpy(emb[keep].astype(np.float32))
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        s = self.spec
+        info = get_worker_info()
+        wid = info.id if info else 0
+        key = f"{s.seed}/{self.epoch}/{s.rank}/{wid}"
+        rng = random.Random(key)
+        batch: list[dict[str, Any]] = []
+        for i, item in enumerate(self._shuffled(rng)):
+            # One generator per sample: augmentations do not depend on worker count or timing.
+            sample_rng = np.random.default_rng(_seed(key, i))
+            batch.append(self._decode(item, sample_rng))
+            if len(batch) == s.batch_size:
+                yield collate(batch)
+                batch = []
+        if batch and not s.train:
+            yield collate(batch)
+
+
+def _seed(key: str, i: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{key}/{i}".encode(), digest_size=8).digest(), "little")
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tiles; concatenate their photos with ``owner`` = the tile's row in the batch."""
+    counts = [len(it["patch_index"]) for it in items]
+    out = {
+        "images": torch.stack([it["image"] for it in items]),
+        "owner": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts, dtype=torch.long)),
+        "patch_index": torch.cat([it["patch_index"] for it in items]),
+        "tile_ids": [it["tile_id"] for it in items],
+    }
+    key = "photos" if "photos" in items[0] else "ground"
+    out[key] = torch.cat([it[key] for it in items])
+    return out
+
+
+def epoch_loader(spec: StreamSpec, epoch: int, workers: int, prefetch_factor: int = 2) -> DataLoader:
+    """A DataLoader over one epoch of ``spec`` (batches are assembled inside workers)."""
+    kwargs: dict[str, Any] = {"num_workers": workers, "batch_size": None}
+    if workers > 0:
+        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
+    return DataLoader(TileStream(spec, epoch), **kwargs)
+
+
+class BatchIterator:
+    """Endless batches across epochs, with a resumable position ``(epoch, batch_in_epoch)``."""
+
+    def __init__(self, spec: StreamSpec, workers: int, prefetch_factor: int = 2, epoch: int = 0, skip: int = 0):
+        self.spec, self.workers, self.prefetch = spec, workers, prefetch_factor
+        self.epoch, self.batch_in_epoch = epoch, 0
+        self._it = iter(epoch_loader(spec, epoch, workers, prefetch_factor))
+        # Resume: replay the epoch's first `skip` batches without training on them.
+        for _ in range(skip):
+            next(self)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        empty_epochs = 0
+        while True:
+            try:
+                batch = next(self._it)
+                self.batch_in_epoch += 1
+                return batch
+            except StopIteration:
+                if self.batch_in_epoch == 0:
+                    empty_epochs += 1
+                    if empty_epochs > 1:
+                        raise DataError(
+                            f"rank {self.spec.rank} got no full batch of {self.spec.batch_size} tiles from "
+                            f"{len(self.spec.shards)} shards of split {self.spec.split!r}; lower data.batch_size "
+                            f"or build a larger dataset") from None
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self._it = iter(epoch_loader(self.spec, self.epoch, self.workers, self.prefetch))

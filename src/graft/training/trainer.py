@@ -1,0 +1,389 @@
+"""The GRAFT trainer: a plain PyTorch loop, run as is or under ``torchrun``.
+
+One step: satellite tiles through the trainable encoder; their ground photos'
+frozen-CLIP embeddings (cached, or computed live) gathered from every rank;
+the image- or pixel-level 1:N loss; AdamW with linear warm-up and cosine
+decay. Checkpoints are atomic and hold everything needed to continue exactly
+(model, optimiser, RNG, each rank's data position), so ``--resume latest``
+after a kill ends bitwise equal to an uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from graft.config import dump_config, load_config
+from graft.losses import image_level_loss, pixel_level_loss
+from graft.models.checkpoint import (
+    find_latest_checkpoint,
+    load_model_state,
+    load_trainer_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from graft.models.clip_tower import FrozenClipTower, load_clip, spec_record
+from graft.models.satellite import build_encoder
+from graft.storage import atomic_write_text
+from graft.training import distributed as D
+from graft.training.config import TrainConfig
+from graft.training.data import BatchIterator, StreamSpec, check_embedding_cache, split_shards
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class GraftModel(nn.Module):
+    """The trainable part: the satellite encoder plus the (optionally learned) temperature.
+
+    Returning the temperature from ``forward`` keeps it inside DDP's graph, so
+    its gradient is averaged across ranks like every other parameter's.
+    """
+
+    def __init__(self, encoder: nn.Module, temperature: float, learn: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn)
+
+    def forward(self, images: torch.Tensor, need_image: bool):
+        t = self.log_temperature.exp()
+        if self.encoder.kind == "pixel":
+            if need_image:
+                image, patches = self.encoder.forward_both(images)
+                return image, patches, t
+            return None, self.encoder(images), t
+        return self.encoder(images), None, t
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``optim.lr``, then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
+    o, total = cfg.optim, cfg.train.max_steps
+    if o.warmup_steps and step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cos)
+
+
+def _param_groups(model: GraftModel, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # Biases, norms, embeddings and the temperature are not decayed (standard for ViT/CLIP).
+        if p.ndim < 2 or "embedding" in name or "log_temperature" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    final_loss: float
+    bad_steps: int
+    checkpoint: str | None
+    seconds: float
+    tiles_per_s: float
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, live_ground: bool = False, info: D.DistInfo | None = None):
+        self.cfg, self.live = cfg, live_ground
+        self.info = info or D.DistInfo()
+        self.run_dir = Path(cfg.run_dir)
+        torch.manual_seed(cfg.train.seed)
+        dev = self.info.device
+        self.bundle = load_clip(cfg.clip, device="cpu")
+        encoder = build_encoder(cfg.model.kind, self.bundle.model.visual)
+        if cfg.model.grad_checkpointing:
+            encoder.set_grad_checkpointing(True)
+        if cfg.model.kind == "pixel" and cfg.loss.image_loss_weight == 0:
+            # The pooled head (ln_post, proj) is unused by the pixel loss: freeze it rather than
+            # hand DDP parameters that never receive a gradient.
+            for p in (*encoder.visual.ln_post.parameters(), encoder.visual.proj):
+                p.requires_grad_(False)
+        self.model = GraftModel(encoder, cfg.loss.temperature, cfg.loss.learn_temperature).to(dev)
+        self.tower = FrozenClipTower(self.bundle).to(dev) if live_ground else None
+        if not live_ground:
+            # The text tower is not needed for training on cached embeddings.
+            self.bundle.model.transformer = None
+        self.ddp = DDP(self.model) if self.info.enabled else self.model
+        self.forward = torch.compile(self.ddp) if cfg.model.compile else self.ddp
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+            betas=cfg.optim.betas, eps=cfg.optim.eps,
+        )
+        self.step = 0
+        self.bad_total = 0
+        self.bad_run = 0
+        self.data_state = {"epoch": 0, "batch_in_epoch": 0}
+        pcfg = self.bundle.model.visual.preprocess_cfg
+        shards = split_shards(cfg.data.dataset, cfg.data.split)
+        if not live_ground:
+            check_embedding_cache(shards, spec_record(self.bundle))
+        self.stream = StreamSpec(
+            shards=shards, split=cfg.data.split, batch_size=cfg.data.batch_size,
+            crop_size=encoder.image_size, patch_size=encoder.patch_size,
+            mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]), seed=cfg.train.seed,
+            rank=self.info.rank, world_size=self.info.world_size, flips=cfg.data.flips, rot90=cfg.data.rot90,
+            shuffle_buffer=cfg.data.shuffle_buffer, max_photos=cfg.data.max_photos_per_tile,
+            live_ground=live_ground, photo_transform=self.bundle.preprocess if live_ground else None,
+        )
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _encoder_state(self) -> dict[str, torch.Tensor]:
+        return self.model.encoder.state_dict()
+
+    def save(self) -> Path | None:
+        data_states = D.all_gather_objects(self.data_state, self.info)
+        path = None
+        if self.info.is_main:
+            trainer_state = {
+                "optimizer": self.optimizer.state_dict(),
+                "log_temperature": self.model.log_temperature.detach().cpu(),
+                "torch_rng": torch.get_rng_state(),
+                "data": [[s["epoch"], s["batch_in_epoch"]] for s in data_states],
+                "world_size": self.info.world_size,
+                "bad_total": self.bad_total,
+            }
+            meta = {"kind": self.cfg.model.kind, "clip": self.cfg.clip.model_dump(),
+                    "embed_dim": self.bundle.embed_dim, "input_size": self.model.encoder.image_size,
+                    "patch_size": self.model.encoder.patch_size}
+            path = save_checkpoint(self.run_dir, self.step, self._encoder_state(), trainer_state, meta,
+                                   dump_config(self.cfg), keep_last=self.cfg.train.keep_last)
+        if self.info.enabled:
+            torch.distributed.barrier()
+        return path
+
+    def resume(self, which: str) -> bool:
+        ckpt = find_latest_checkpoint(self.run_dir) if which == "latest" else resolve_checkpoint(which)
+        if ckpt is None:
+            log.info("no checkpoint in %s yet; starting from step 0", self.run_dir)
+            return False
+        self.model.encoder.load_state_dict(load_model_state(ckpt, device=str(self.info.device)), strict=True)
+        st = load_trainer_state(ckpt)
+        self.optimizer.load_state_dict(st["optimizer"])
+        with torch.no_grad():
+            self.model.log_temperature.copy_(st["log_temperature"])
+        torch.set_rng_state(st["torch_rng"])
+        self.step = int(json.loads((ckpt / "meta.json").read_text())["step"])
+        self.bad_total = int(st.get("bad_total", 0))
+        if int(st["world_size"]) == self.info.world_size:
+            epoch, b = st["data"][self.info.rank]
+            self.data_state = {"epoch": int(epoch), "batch_in_epoch": int(b)}
+        else:
+            log.warning("checkpoint was written with world size %s, now %s: data restarts at the next epoch",
+                        st["world_size"], self.info.world_size)
+            self.data_state = {"epoch": max(int(e) for e, _ in st["data"]) + 1, "batch_in_epoch": 0}
+        log.info("resumed from %s at step %d", ckpt, self.step)
+        return True
+
+    # -- one step -----------------------------------------------------------------------------
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.info.device
+        images = batch["images"].to(dev, non_blocking=True)
+        owner = batch["owner"].to(dev)
+        pidx = batch["patch_index"].to(dev)
+        if self.live:
+            ground = self.tower.encode_images(batch["photos"].to(dev))
+        else:
+            ground = batch["ground"].to(dev)
+        kind, w_img = self.cfg.model.kind, self.cfg.loss.image_loss_weight
+        use_bf16 = self.cfg.train.precision == "bf16" and dev.type == "cuda"
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            image, patches, t = self.forward(images, need_image=(kind == "image" or w_img > 0))
+        t = t.float()
+        n_sat_local = int(torch.unique(owner).numel())
+        if kind == "image":
+            g, o, _, n_total = D.gather_ground(ground, owner, pidx, self.info)
+            loss = image_level_loss(image.float(), g, o, t)
+        else:
+            # A photo the crop left out leaves the pixel loss (and its denominator) for this step.
+            inside = pidx >= 0
+            n_sat_local = int(torch.unique(owner[inside]).numel())
+            g, o, p, n_total = D.gather_ground(ground[inside], owner[inside], pidx[inside], self.info)
+            loss = pixel_level_loss(patches.float(), g, o, p, t)
+            if w_img > 0:
+                gi, oi, _, _ = D.gather_ground(ground, owner, pidx, self.info)
+                loss = loss + w_img * image_level_loss(image.float(), gi, oi, t)
+        # DDP averages gradients over ranks; rescaling each rank's mean by its share of the global
+        # batch makes that average equal the gradient of the single-process global mean.
+        scale = self.info.world_size * n_sat_local / max(n_total, 1)
+        return loss * scale, loss.detach()
+
+    def _grads_finite(self) -> bool:
+        for p in self.model.parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                return False
+        return True
+
+    def train_step(self, batches: list[dict[str, Any]]) -> float | None:
+        """One optimiser step over ``grad_accum`` micro-batches; None if the step was skipped."""
+        lr = lr_at(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        finite = True
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            ctx = self.ddp.no_sync() if (self.info.enabled and not last) else _nullctx()
+            with ctx:
+                scaled, raw = self._loss(batch)
+                finite = finite and bool(torch.isfinite(raw))
+                (scaled / len(batches)).backward()
+            total += float(raw) / len(batches)
+        ok = D.all_true(finite and self._grads_finite(), self.info)
+        if not ok:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_total += 1
+            self.bad_run += 1
+            log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", self.step, self.bad_run)
+            if self.bad_run >= self.cfg.train.max_bad_steps:
+                raise TrainingDiverged(
+                    f"{self.bad_run} consecutive steps with a non-finite loss or gradient at step {self.step}; "
+                    f"stopping. The last good checkpoint in {self.run_dir / 'checkpoints'} is intact. "
+                    f"Lower optim.lr, set optim.grad_clip, or check the dataset for corrupt tiles."
+                )
+            return None
+        self.bad_run = 0
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        return total
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, stop_after: int | None = None) -> TrainSummary:
+        """Train to ``max_steps`` (or ``stop_after`` more steps, for tests)."""
+        cfg = self.cfg
+        it = BatchIterator(self.stream, cfg.data.workers, cfg.data.prefetch_factor,
+                           epoch=self.data_state["epoch"], skip=self.data_state["batch_in_epoch"])
+        writer = _tb_writer(self.run_dir) if self.info.is_main else None
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+        end = cfg.train.max_steps if stop_after is None else min(cfg.train.max_steps, self.step + stop_after)
+        bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc=f"train[{cfg.model.kind}]",
+                   disable=not self.info.is_main, dynamic_ncols=True)
+        t0, tiles, loss, ema = time.time(), 0, float("nan"), None
+        last_ckpt = None
+        while self.step < end:
+            batches = [next(it) for _ in range(cfg.train.grad_accum)]
+            self.data_state = it.state()
+            out = self.train_step(batches)
+            self.step += 1
+            tiles += sum(b["images"].shape[0] for b in batches) * self.info.world_size
+            if out is not None:
+                loss = out
+                ema = loss if ema is None else 0.9 * ema + 0.1 * loss
+            rate = tiles / max(time.time() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.4f}" if ema is not None else "nan", lr=f"{lr_at(self.step - 1, cfg):.2e}",
+                            tiles_s=f"{rate:.1f}")
+            if self.info.is_main and (self.step % cfg.train.log_every == 0 or self.step == end):
+                self._log(writer, {"loss": loss, "lr": lr_at(self.step - 1, cfg), "tiles_per_s": rate,
+                                   "temperature": float(self.model.log_temperature.exp()),
+                                   "bad_steps": self.bad_total})
+            if cfg.train.alignment_every and self.step % cfg.train.alignment_every == 0:
+                score = self.alignment()
+                if self.info.is_main and score is not None:
+                    self._log(writer, {"alignment": score})
+            if self.step % cfg.train.ckpt_every == 0 or self.step == cfg.train.max_steps:
+                last_ckpt = self.save()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        secs = time.time() - t0
+        return TrainSummary(steps=self.step, final_loss=loss, bad_steps=self.bad_total,
+                            checkpoint=str(last_ckpt) if last_ckpt else None, seconds=secs,
+                            tiles_per_s=tiles / max(secs, 1e-9))
+
+    def _log(self, writer, scalars: dict[str, float]) -> None:
+        for k, v in scalars.items():
+            writer.add_scalar(f"train/{k}", v, self.step)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, **scalars}) + "\n")
+
+    @torch.no_grad()
+    def alignment(self) -> float | None:
+        """Mutual-kNN alignment between tile embeddings and their photos' mean embedding on a held-out split."""
+        from graft.evaluation.alignment import alignment_score
+
+        try:
+            shards = split_shards(self.cfg.data.dataset, self.cfg.train.alignment_split)
+        except Exception as e:  # noqa: BLE001 - alignment is a diagnostic; never stop training for it
+            log.warning("alignment skipped: %s", e)
+            return None
+        spec = StreamSpec(**{**self.stream.__dict__, "shards": shards, "split": self.cfg.train.alignment_split,
+                             "train": False, "rank": 0, "world_size": 1})
+        self.model.eval()
+        sats, grounds = [], []
+        for batch in BatchIterator(spec, 0)._it:
+            dev = self.info.device
+            emb = self.model.encoder.encode_image(batch["images"].to(dev))
+            g = self.tower.encode_images(batch["photos"].to(dev)) if self.live else batch["ground"].to(dev)
+            mean = torch.zeros(emb.shape[0], g.shape[1], device=dev).index_add_(0, batch["owner"].to(dev), g)
+            sats.append(emb.float().cpu())
+            grounds.append(torch.nn.functional.normalize(mean, dim=-1).cpu())
+        self.model.train()
+        if not sats:
+            return None
+        return float(alignment_score(torch.cat(sats).numpy(), torch.cat(grounds).numpy()))
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _tb_writer(run_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir / "tb"))
+
+
+def train(cfg: TrainConfig, resume: str | None = None, live_ground: bool = False,
+          stop_after: int | None = None) -> TrainSummary:
+    """Python API: set up (DDP if under torchrun), optionally resume, train."""
+    info = D.setup(cfg.train.device)
+    try:
+        np.random.seed(cfg.train.seed)
+        trainer = Trainer(cfg, live_ground=live_ground, info=info)
+        if resume:
+            trainer.resume(resume)
+        return trainer.fit(stop_after=stop_after)
+    finally:
+        D.teardown()
+
+
+def run_train_command(args) -> int:
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    summary = train(cfg, resume=args.resume, live_ground=args.live_ground)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"\ntrained {cfg.model.kind}-level encoder: {summary.steps} steps, final loss {summary.final_loss:.4f}, "
+            f"{summary.bad_steps} skipped steps, {summary.tiles_per_s:.1f} tiles/s, {summary.seconds:.0f} s\n"
+            f"checkpoint: {summary.checkpoint}\nrun folder: {cfg.run_dir} (TensorBoard: tensorboard --logdir "
+            f"{cfg.run_dir}/tb)"
+        )
+    return 0
