@@ -55,9 +55,14 @@ class GraftModel(nn.Module):
     its gradient is averaged across ranks like every other parameter's.
     """
 
-    def __init__(self, encoder: nn.Module, temperature: float, learn: bool):
+    def __init__(self, encoder: nn.Module, temperature: float, learn: bool, image_head: bool = True):
         super().__init__()
         self.encoder = encoder
+        if not image_head:
+            # A pixel-only loss never reaches the pooled head (ln_post, proj). Freeze it: DDP must not
+            # hold parameters that never get a gradient (their bucket would never be all-reduced).
+            for p in (*encoder.visual.ln_post.parameters(), encoder.visual.proj):
+                p.requires_grad_(False)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn)
 
     def forward(self, images: torch.Tensor, need_image: bool):
@@ -68,6 +73,36 @@ class GraftModel(nn.Module):
                 return image, patches, t
             return None, self.encoder(images), t
         return self.encoder(images), None, t
+
+
+def graft_loss(forward, kind: str, images: torch.Tensor, ground: torch.Tensor, owner: torch.Tensor,
+               patch_index: torch.Tensor, info: D.DistInfo, image_loss_weight: float = 0.0,
+               bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of the global-batch loss, and the loss value itself (for logging).
+
+    ``forward`` is the (possibly DDP-wrapped) :class:`GraftModel`. Ground embeddings from every rank
+    join the softmax denominator. DDP averages gradients over ranks; rescaling each rank's mean by its
+    share of the global batch makes that average equal the gradient of the single-process global mean.
+    """
+    dev = images.device
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
+        image, patches, t = forward(images, need_image=(kind == "image" or image_loss_weight > 0))
+    t = t.float()
+    if kind == "image":
+        g, o, _, n_total = D.gather_ground(ground, owner, patch_index, info)
+        loss = image_level_loss(image.float(), g, o, t)
+        n_local = int(torch.unique(owner).numel())
+    else:
+        # A photo the crop left out leaves the pixel loss (and its denominator) for this step.
+        inside = patch_index >= 0
+        g, o, p, n_total = D.gather_ground(ground[inside], owner[inside], patch_index[inside], info)
+        loss = pixel_level_loss(patches.float(), g, o, p, t)
+        n_local = int(torch.unique(owner[inside]).numel())
+        if image_loss_weight > 0:
+            gi, oi, _, _ = D.gather_ground(ground, owner, patch_index, info)
+            loss = loss + image_loss_weight * image_level_loss(image.float(), gi, oi, t)
+    scale = info.world_size * n_local / max(n_total, 1)
+    return loss * scale, loss.detach()
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -114,12 +149,8 @@ class Trainer:
         encoder = build_encoder(cfg.model.kind, self.bundle.model.visual)
         if cfg.model.grad_checkpointing:
             encoder.set_grad_checkpointing(True)
-        if cfg.model.kind == "pixel" and cfg.loss.image_loss_weight == 0:
-            # The pooled head (ln_post, proj) is unused by the pixel loss: freeze it rather than
-            # hand DDP parameters that never receive a gradient.
-            for p in (*encoder.visual.ln_post.parameters(), encoder.visual.proj):
-                p.requires_grad_(False)
-        self.model = GraftModel(encoder, cfg.loss.temperature, cfg.loss.learn_temperature).to(dev)
+        self.model = GraftModel(encoder, cfg.loss.temperature, cfg.loss.learn_temperature,
+                                image_head=cfg.model.kind == "image" or cfg.loss.image_loss_weight > 0).to(dev)
         self.tower = FrozenClipTower(self.bundle).to(dev) if live_ground else None
         if not live_ground:
             # The text tower is not needed for training on cached embeddings.
@@ -198,35 +229,12 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------
     def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.info.device
-        images = batch["images"].to(dev, non_blocking=True)
-        owner = batch["owner"].to(dev)
-        pidx = batch["patch_index"].to(dev)
-        if self.live:
-            ground = self.tower.encode_images(batch["photos"].to(dev))
-        else:
-            ground = batch["ground"].to(dev)
-        kind, w_img = self.cfg.model.kind, self.cfg.loss.image_loss_weight
+        ground = (self.tower.encode_images(batch["photos"].to(dev)) if self.live
+                  else batch["ground"].to(dev))
         use_bf16 = self.cfg.train.precision == "bf16" and dev.type == "cuda"
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            image, patches, t = self.forward(images, need_image=(kind == "image" or w_img > 0))
-        t = t.float()
-        n_sat_local = int(torch.unique(owner).numel())
-        if kind == "image":
-            g, o, _, n_total = D.gather_ground(ground, owner, pidx, self.info)
-            loss = image_level_loss(image.float(), g, o, t)
-        else:
-            # A photo the crop left out leaves the pixel loss (and its denominator) for this step.
-            inside = pidx >= 0
-            n_sat_local = int(torch.unique(owner[inside]).numel())
-            g, o, p, n_total = D.gather_ground(ground[inside], owner[inside], pidx[inside], self.info)
-            loss = pixel_level_loss(patches.float(), g, o, p, t)
-            if w_img > 0:
-                gi, oi, _, _ = D.gather_ground(ground, owner, pidx, self.info)
-                loss = loss + w_img * image_level_loss(image.float(), gi, oi, t)
-        # DDP averages gradients over ranks; rescaling each rank's mean by its share of the global
-        # batch makes that average equal the gradient of the single-process global mean.
-        scale = self.info.world_size * n_sat_local / max(n_total, 1)
-        return loss * scale, loss.detach()
+        return graft_loss(self.forward, self.cfg.model.kind, batch["images"].to(dev, non_blocking=True), ground,
+                          batch["owner"].to(dev), batch["patch_index"].to(dev), self.info,
+                          image_loss_weight=self.cfg.loss.image_loss_weight, bf16=use_bf16)
 
     def _grads_finite(self) -> bool:
         for p in self.model.parameters():
