@@ -1,0 +1,394 @@
+"""``graft embed``: cache the frozen-CLIP embedding of every kept ground photo in its tile's shard.
+
+CLIP is frozen during GRAFT training, so each ground photo's embedding is
+computed once, here, and stored with its tile (``emb.npy``: fp16 ``(N, D)``,
+row *i* = the tile json's ``photos[i]``; ``emb.json``: the CLIP spec record
+and the photo ids). Training then never decodes a ground JPEG.
+
+A tile shard is rewritten atomically, so it holds either no cache or a
+complete one. Re-running skips shards whose cache was made with the same CLIP
+spec; a cache made with a *different* spec is refused (mixing two embedding
+spaces in one dataset would silently ruin training) unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import Field
+from tqdm import tqdm
+
+from graft.config import ConfigError, StrictModel, load_yaml, validate
+from graft.models.clip_tower import (
+    ClipBundle,
+    ClipSpec,
+    FrozenClipTower,
+    load_clip,
+    spec_mismatch,
+    spec_record,
+)
+from graft.pipeline.shards import (
+    iter_photo_samples,
+    iter_raw_samples,
+    json_bytes,
+    npy_bytes,
+    npy_load,
+    photo_shard_for,
+    split_member_name,
+    write_samples,
+)
+
+log = logging.getLogger(__name__)
+
+EMB_EXTS = ("emb.npy", "emb.json")
+
+
+class EmbeddingCacheError(RuntimeError):
+    """A tile shard's embedding cache is missing, inconsistent, or made with another CLIP spec."""
+
+
+# ---------------------------------------------------------------- reading (used by the trainer)
+
+
+def read_cached_embeddings(tile_sample: dict[str, Any]) -> tuple[np.ndarray, dict]:
+    """The cached ground embeddings of one tile sample, as float32 ``(N, D)``, and the CLIP spec record.
+
+    Accepts a sample from :func:`graft.pipeline.shards.iter_tile_samples` (``emb``,
+    ``emb_json``, ``json`` decoded) or a raw WebDataset sample (``emb.npy``,
+    ``emb.json``, ``json`` as bytes). Row *i* belongs to ``json["photos"][i]``.
+    The returned record is :func:`graft.models.clip_tower.spec_record` of the
+    tower that made the cache; check it against the tower in use with
+    :func:`graft.models.clip_tower.spec_mismatch`.
+
+    Raises:
+        EmbeddingCacheError: the sample has no cache (run ``graft embed``) or
+            the cache does not match the tile's photo list.
+    """
+    key = tile_sample.get("__key__", "?")
+    emb = tile_sample.get("emb")
+    if emb is None and tile_sample.get("emb.npy") is not None:
+        raw = tile_sample["emb.npy"]
+        emb = raw if isinstance(raw, np.ndarray) else npy_load(raw)
+    meta = tile_sample.get("emb_json")
+    if meta is None and tile_sample.get("emb.json") is not None:
+        raw = tile_sample["emb.json"]
+        meta = raw if isinstance(raw, dict) else json.loads(raw)
+    if emb is None or meta is None:
+        raise EmbeddingCacheError(
+            f"tile {key} has no cached ground embeddings; run 'graft embed DATASET' first "
+            "(or train with --live-ground)"
+        )
+    tile_json = tile_sample.get("json")
+    if isinstance(tile_json, (bytes, bytearray, str)):
+        tile_json = json.loads(tile_json)
+    if tile_json is not None:
+        ids = [p["photo_id"] for p in tile_json.get("photos", [])]
+        if emb.ndim != 2 or emb.shape[0] != len(ids) or meta.get("photo_ids") != ids:
+            raise EmbeddingCacheError(
+                f"tile {key}: cached embeddings {tuple(emb.shape)} / ids do not match its {len(ids)} photos; "
+                "re-run 'graft embed DATASET --force'"
+            )
+    return np.asarray(emb, dtype=np.float32), _spec_part(meta)
+
+
+# ---------------------------------------------------------------- cache state of a shard
+
+
+def shard_cache_state(shard: str | os.PathLike) -> tuple[str, dict | None]:
+    """("empty" | "none" | "complete" | "partial", the CLIP spec record of the cache) of a tile shard.
+
+    Reads only member headers and the small ``emb.json`` members.
+    """
+    keys: set[str] = set()
+    with_cache: set[str] = set()
+    records: list[dict] = []
+    with tarfile.open(shard, mode="r:") as tar:
+        for member in tar:
+            key, ext = split_member_name(member.name)
+            keys.add(key)
+            if ext == "emb.json" and member.isreg():
+                with_cache.add(key)
+                f = tar.extractfile(member)
+                rec = json.loads(f.read()) if f is not None else {}
+                if not records or _spec_part(rec) != _spec_part(records[0]):
+                    records.append(rec)
+    if not keys:
+        return "empty", None
+    if not with_cache:
+        return "none", None
+    if with_cache != keys or len(records) > 1:
+        return "partial", _spec_part(records[0])
+    return "complete", _spec_part(records[0])
+
+
+def _spec_part(rec: dict) -> dict:
+    """The CLIP spec record of an ``emb.json`` (``{"clip": record, "photo_ids": [...]}``)."""
+    return rec.get("clip", rec) if isinstance(rec, dict) else {}
+
+
+# ---------------------------------------------------------------- computing
+
+
+def _device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _Embedder:
+    """Decode (thread pool) + preprocess + batched forward of the frozen tower."""
+
+    def __init__(self, bundle: ClipBundle, device: torch.device, batch_size: int, workers: int):
+        self.bundle = bundle
+        self.tower = FrozenClipTower(bundle)
+        self.device = device
+        self.batch_size = batch_size
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="embed-decode")
+
+    def _decode(self, data: bytes) -> torch.Tensor:
+        with Image.open(io.BytesIO(data)) as im:
+            return self.bundle.preprocess(im.convert("RGB"))
+
+    def decode_async(self, images: list[bytes]) -> list[Future]:
+        return [self.pool.submit(self._decode, b) for b in images]
+
+    def forward(self, pixels: list[torch.Tensor]) -> np.ndarray:
+        out = []
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                    else contextlib.nullcontext())
+        for s in range(0, len(pixels), self.batch_size):
+            x = torch.stack(pixels[s:s + self.batch_size]).to(self.device, non_blocking=True)
+            with autocast:
+                out.append(self.tower.encode_images(x).float().cpu())
+        return torch.cat(out).numpy().astype(np.float16)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _aligned_chunks(tile_shard: Path, photo_shard: Path, batch_size: int) -> Iterator[list[tuple[dict, list[bytes]]]]:
+    """Yield groups of (raw tile sample, its photos' image bytes), about ``batch_size`` photos per group.
+
+    The photo shard holds the partition's photos in tile order, so both shards
+    are streamed side by side and memory stays bounded by one group.
+    """
+    photos = iter_photo_samples(photo_shard)
+    group: list[tuple[dict, list[bytes]]] = []
+    n = 0
+    for tile in iter_raw_samples(tile_shard):
+        record = json.loads(tile["json"])
+        images = []
+        for entry in record.get("photos", []):
+            sample = next(photos, None)
+            if sample is None or sample["__key__"] != entry["photo_id"]:
+                got = "the end of the shard" if sample is None else repr(sample["__key__"])
+                raise EmbeddingCacheError(
+                    f"{photo_shard} is not aligned with {tile_shard}: tile {tile['__key__']} expects photo "
+                    f"{entry['photo_id']!r} next but found {got}; rebuild this partition (delete its "
+                    "parts/part-PPPPP folder and re-run graft build)"
+                )
+            images.append(sample["image"])
+        group.append((tile, images))
+        n += len(images)
+        if n >= batch_size:
+            yield group
+            group, n = [], 0
+    if group:
+        yield group
+    leftover = next(photos, None)
+    if leftover is not None:
+        raise EmbeddingCacheError(f"{photo_shard} holds photo {leftover['__key__']!r} that no tile of "
+                                  f"{tile_shard} lists; rebuild this partition")
+
+
+def _embed_shard(tile_shard: Path, emb: _Embedder, record: dict, bar: tqdm) -> tuple[int, int]:
+    """Rewrite one tile shard with its embeddings; returns (tiles, photos)."""
+    photo_shard = photo_shard_for(tile_shard)
+    if not photo_shard.is_file():
+        raise EmbeddingCacheError(f"{tile_shard} has no photo shard {photo_shard}; rebuild this partition")
+    counts = [0, 0]
+
+    def samples() -> Iterator[dict]:
+        chunks = _aligned_chunks(tile_shard, photo_shard, emb.batch_size)
+        pending = next(chunks, None)
+        futures = emb.decode_async([b for _, imgs in pending for b in imgs]) if pending else []
+        while pending is not None:
+            # Decode the next group on the pool while the model runs on this one.
+            following = next(chunks, None)
+            next_futures = emb.decode_async([b for _, imgs in following for b in imgs]) if following else []
+            vectors = emb.forward([f.result() for f in futures]) if futures else np.zeros((0, 0), np.float16)
+            start = 0
+            for tile, imgs in pending:
+                rows = vectors[start:start + len(imgs)]
+                start += len(imgs)
+                ids = [p["photo_id"] for p in json.loads(tile["json"]).get("photos", [])]
+                out = {k: v for k, v in tile.items() if k not in EMB_EXTS}
+                out["emb.npy"] = npy_bytes(np.ascontiguousarray(rows.reshape(len(imgs), -1)))
+                out["emb.json"] = json_bytes({"clip": record, "photo_ids": ids})
+                counts[0] += 1
+                counts[1] += len(imgs)
+                yield out
+            bar.update(start)
+            pending, futures = following, next_futures
+
+    write_samples(tile_shard, samples())
+    return counts[0], counts[1]
+
+
+def _photos_per_shard(dataset: Path) -> dict[str, int]:
+    manifest = dataset / "manifest.parquet"
+    if not manifest.is_file():
+        return {}
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    col = pq.read_table(manifest, columns=["tile_shard"]).column("tile_shard")
+    counts = pc.value_counts(col).to_pylist()
+    return {c["values"]: int(c["counts"]) for c in counts}
+
+
+def embed_dataset(
+    dataset_dir: str | os.PathLike,
+    clip_spec: ClipSpec,
+    batch_size: int = 256,
+    workers: int = 2,
+    device: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Cache frozen-CLIP embeddings of every photo of a dataset in its tile shards.
+
+    Args:
+        dataset_dir: folder written by ``graft build``.
+        clip_spec: the CLIP tower (must be the one training will use).
+        batch_size: photos per forward pass.
+        workers: JPEG decoding threads.
+        device: torch device; default CUDA when available.
+        force: replace caches made with a different CLIP spec instead of refusing.
+        progress: show a progress bar.
+
+    Returns:
+        Summary: ``photos_embedded``, ``tiles_embedded``, ``shards_embedded``,
+        ``shards_skipped``, ``seconds``, ``photos_per_s``, ``spec``.
+
+    Raises:
+        FileNotFoundError: no tile shards in ``dataset_dir``.
+        EmbeddingCacheError: a shard holds a cache from another spec (without ``force``)
+            or its photo shard is misaligned.
+    """
+    dataset = Path(dataset_dir)
+    shards = sorted((dataset / "tiles").glob("tiles-*.tar"))
+    if not shards:
+        raise FileNotFoundError(f"{dataset}: no tile shards under tiles/; run 'graft build CONFIG' first")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    dev = _device(device)
+    t0 = time.perf_counter()
+    bundle = load_clip(clip_spec, device=dev)
+    record = spec_record(bundle)
+
+    # Decide every shard's fate before touching any, so a spec conflict fails with no work done.
+    todo: list[Path] = []
+    skipped = 0
+    conflicts: list[str] = []
+    for shard in shards:
+        state, cached = shard_cache_state(shard)
+        why = spec_mismatch(cached, bundle) if cached is not None else None
+        if state == "empty" or (state == "complete" and why is None):
+            skipped += 1
+            continue
+        if why is not None and not force:
+            conflicts.append(f"{shard.relative_to(dataset)}: {why}")
+            continue
+        todo.append(shard)
+    if conflicts:
+        raise EmbeddingCacheError(
+            f"{len(conflicts)} shard(s) hold embeddings from another CLIP spec; training would mix two "
+            "embedding spaces. Use the same clip spec, or pass --force to recompute them. First: "
+            + conflicts[0]
+        )
+
+    per_shard = _photos_per_shard(dataset)
+    total = sum(per_shard.get(str(s.relative_to(dataset)), 0) for s in todo) or None
+    emb = _Embedder(bundle, dev, batch_size, workers)
+    n_tiles = n_photos = 0
+    t_compute = time.perf_counter()
+    try:
+        with tqdm(total=total, desc="embed", unit="photo", disable=not progress) as bar:
+            for shard in todo:
+                t, p = _embed_shard(shard, emb, record, bar)
+                n_tiles += t
+                n_photos += p
+    finally:
+        emb.close()
+    seconds = time.perf_counter() - t_compute
+    return {
+        "dataset": str(dataset),
+        "photos_embedded": n_photos,
+        "tiles_embedded": n_tiles,
+        "shards_embedded": len(todo),
+        "shards_skipped": skipped,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "photos_per_s": round(n_photos / seconds, 2) if seconds > 0 and n_photos else 0.0,
+        "device": str(dev),
+        "spec": record,
+    }
+
+
+# ---------------------------------------------------------------- CLI
+
+
+class _ClipSection(StrictModel):
+    """Only the ``clip:`` section of a training YAML (the training package is not imported)."""
+
+    clip: ClipSpec = Field(default_factory=ClipSpec)
+
+
+def clip_spec_from_args(args: argparse.Namespace) -> ClipSpec:
+    """The ClipSpec from ``--config TRAIN_YAML`` (its ``clip:`` section) or ``--clip-model/--clip-pretrained``."""
+    if args.config and (args.clip_model or args.clip_pretrained):
+        raise ConfigError("give either --config TRAIN_YAML or --clip-model/--clip-pretrained, not both")
+    if args.config:
+        data = load_yaml(args.config)
+        section = data.get("clip")
+        if section is None:
+            log.info("%s has no clip: section; using the default ClipSpec (as training would)", args.config)
+            section = {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{args.config}: clip must be a mapping, got {type(section).__name__}")
+        return validate(_ClipSection, {"clip": section}, source=str(args.config)).clip
+    data: dict[str, Any] = {}
+    if args.clip_model:
+        data["model"] = args.clip_model
+    if args.clip_pretrained:
+        data["pretrained"] = None if args.clip_pretrained.lower() in ("none", "") else args.clip_pretrained
+    return validate(ClipSpec, data, source="(--clip-model/--clip-pretrained)")
+
+
+def run_embed_command(args: argparse.Namespace) -> int:
+    """Entry point of ``graft embed``."""
+    spec = clip_spec_from_args(args)
+    summary = embed_dataset(args.dataset, spec, batch_size=args.batch_size, workers=args.workers,
+                            device=args.device, force=args.force)
+    print(f"graft embed: {summary['dataset']}")
+    print(f"  clip             {spec.model} ({spec.pretrained}), dim {summary['spec']['embed_dim']}, "
+          f"device {summary['device']}")
+    print(f"  photos embedded  {summary['photos_embedded']} in {summary['tiles_embedded']} tiles")
+    print(f"  shards           {summary['shards_embedded']} embedded, {summary['shards_skipped']} already cached")
+    print(f"  throughput       {summary['photos_per_s']} photos/s ({summary['seconds']} s total)")
+    print(f"  output           emb.npy + emb.json in {Path(summary['dataset']) / 'tiles'}/*.tar")
+    return 0
