@@ -1,0 +1,52 @@
+"""How close a satellite encoder's geometry is to CLIP's ground-photo space.
+
+For held-out tiles, the mutual-kNN score (Huh et al., 2024) between each
+tile's satellite embedding and the mean CLIP embedding of the ground photos
+inside it: 1.0 when both spaces agree on every tile's k nearest neighbours,
+about k/N for unrelated spaces. It needs no labels and no text, so the trainer
+can call :func:`alignment_score` on validation pairs as training proceeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from graft.evaluation.metrics import mutual_knn_alignment
+
+log = logging.getLogger(__name__)
+
+
+def alignment_score(sat: np.ndarray, ground_mean: np.ndarray, k: int = 10) -> float:
+    """Mutual-kNN alignment of paired embeddings.
+
+    Args:
+        sat: (N, D) satellite image embeddings.
+        ground_mean: (N, D') mean ground-photo embedding of the same N tiles, in the same order.
+        k: neighbourhood size (needs N > k).
+
+    Returns:
+        Mean fraction of shared neighbours, in [0, 1].
+    """
+    sat = np.asarray(sat, dtype=np.float32)
+    ground_mean = np.asarray(ground_mean, dtype=np.float32)
+    if not (np.isfinite(sat).all() and np.isfinite(ground_mean).all()):
+        raise ValueError("alignment_score: embeddings contain NaN or inf")
+    return mutual_knn_alignment(sat, ground_mean, k=k)
+
+
+def cache_mismatch(cache_record: dict[str, Any], model_record: dict[str, Any]) -> str | None:
+    """Why ground embeddings cached with ``cache_record`` do not live in the model's CLIP space; None if they do.
+
+    The weights fingerprint is not compared: it hashes file size and mtime, which differ between
+    machines holding the same weights.
+    """
+    if not cache_record:
+        return None
+    diffs = [k for k in ("model", "pretrained", "embed_dim")
+             if k in cache_record and k in model_record and cache_record[k] != model_record[k]]
+    if not diffs:
+        return None
+    return "; ".join(f"{k}: cache {cache_record[k]!r} vs model {model_record[k]!r}" for k in diffs)

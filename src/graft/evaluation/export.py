@@ -1,0 +1,168 @@
+"""Export a trained checkpoint as an open_clip ``local-dir:`` model folder.
+
+``open_clip.create_model_and_transforms('local-dir:DIR')`` reads
+``DIR/open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``) and loads
+the first weights file it prefers, ``open_clip_model.safetensors``, strictly.
+``open_clip.get_tokenizer('local-dir:DIR')`` reads the same config; for a
+Hugging Face text tower (``text_cfg.hf_tokenizer_name``) it loads the
+tokenizer from DIR itself, so its files are saved there too.
+
+The exported model is CLIP with every ``visual.*`` tensor replaced by the
+trained satellite encoder's: image tower = satellite encoder, text tower =
+CLIP's, so CLIP tools (clip_benchmark, clip-retrieval) use it unchanged. A
+pixel-level checkpoint also writes ``pixel_projector.safetensors`` (the patch
+head), loaded with :func:`load_pixel_model`. ``graft_export.json`` records
+where the export came from. The folder is written to a temporary sibling and
+renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from graft.storage import atomic_dir
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+PROJECTOR_FILE = "pixel_projector.safetensors"
+EXPORT_INFO = "graft_export.json"
+_PROJECTOR_PREFIX = "projector."
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported as an open_clip model; the message says why."""
+
+
+def _json_ready(cfg: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share storage; cloning makes each one its own.
+    return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+
+
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
+    """Write an open_clip ``local-dir:`` folder for a checkpoint (or a run folder's newest valid one).
+
+    Args:
+        ckpt_path: checkpoint folder ``.../checkpoints/step-NNNNNNN`` or a run folder.
+        out_dir: the export folder. If it exists it must be a previous export (it is replaced);
+            any other non-empty folder is refused rather than deleted.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ExportError: the CLIP config cannot be found, the encoder's ``visual.*`` keys do not match
+            CLIP's, or ``out_dir`` is a non-empty folder that is not an export.
+    """
+    import open_clip
+
+    from graft.models.checkpoint import load_encoder, resolve_checkpoint
+    from graft.models.clip_tower import spec_record
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / CONFIG_FILE).is_file():
+        raise ExportError(f"{out_dir} exists and is not a graft/open_clip export; refusing to replace it. "
+                          "Choose an empty or new folder.")
+    ckpt = resolve_checkpoint(ckpt_path)
+    encoder, bundle, meta = load_encoder(ckpt)
+    spec = bundle.spec
+    lookup = spec.model if spec.model.startswith(("local-dir:", "hf-hub:")) else spec.model.replace("/", "-")
+    model_cfg = open_clip.get_model_config(lookup)
+    if model_cfg is None:
+        raise ExportError(f"open_clip has no config for CLIP model {spec.model!r}; the checkpoint's tower must be "
+                          "a registered open_clip name, local-dir: or hf-hub: model")
+    preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(bundle.model))
+
+    clip_state = bundle.model.state_dict()
+    enc_state = encoder.state_dict()
+    visual_keys = {k for k in clip_state if k.startswith("visual.")}
+    enc_visual = {k for k in enc_state if k.startswith("visual.")}
+    if visual_keys != enc_visual:
+        raise ExportError(f"checkpoint {ckpt}: encoder visual keys differ from {spec.model}'s "
+                          f"(missing {sorted(visual_keys - enc_visual)[:5]}, extra {sorted(enc_visual - visual_keys)[:5]})")
+    other = set(enc_state) - enc_visual - {k for k in enc_state if k.startswith(_PROJECTOR_PREFIX)}
+    if other:
+        raise ExportError(f"checkpoint {ckpt}: unexpected encoder keys {sorted(other)[:5]}")
+    for k in visual_keys:
+        if clip_state[k].shape != enc_state[k].shape:
+            raise ExportError(f"{k}: shape {tuple(enc_state[k].shape)} in the checkpoint vs "
+                              f"{tuple(clip_state[k].shape)} in {spec.model}")
+    merged = {k: (enc_state[k] if k in visual_keys else v) for k, v in clip_state.items()}
+    projector = {k: v for k, v in enc_state.items() if k.startswith(_PROJECTOR_PREFIX)}
+    if meta["kind"] == "pixel" and not projector:
+        raise ExportError(f"checkpoint {ckpt} is pixel-level but holds no projector.* weights")
+
+    info = {
+        "format": "graft-export-1",
+        "kind": meta["kind"],
+        "step": meta.get("step"),
+        "source_checkpoint": str(Path(ckpt).resolve()),
+        "base_clip": spec.model_dump(),
+        "base_clip_record": spec_record(bundle),
+        "grid_size": getattr(encoder, "grid_size", None) if meta["kind"] == "pixel" else None,
+    }
+    with atomic_dir(out_dir) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps(
+            _json_ready({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}), indent=2))
+        save_file(_tensors(merged), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if projector:
+            save_file(_tensors(projector), str(tmp / PROJECTOR_FILE), metadata={"format": "pt"})
+        hf_name = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
+        if hf_name:
+            # open_clip loads an HF tokenizer for local-dir: models from the folder itself.
+            hf_tok = getattr(bundle.tokenizer, "tokenizer", None)
+            if hf_tok is None or not hasattr(hf_tok, "save_pretrained"):
+                raise ExportError(f"{spec.model} uses HF tokenizer {hf_name!r} but it cannot be saved into the export")
+            hf_tok.save_pretrained(str(tmp))
+        (tmp / EXPORT_INFO).write_text(json.dumps(_json_ready(info), indent=2, sort_keys=True))
+    log.info("exported %s (%s-level, step %s) to %s", ckpt, meta["kind"], meta.get("step"), out_dir)
+    return out_dir
+
+
+def load_pixel_model(export_dir: str | Path, device: str | torch.device = "cpu"):
+    """The pixel-level encoder of an export: open_clip's image tower plus ``pixel_projector.safetensors``.
+
+    Returns:
+        A :class:`graft.models.satellite.PixelLevelEncoder` in eval mode; ``forward(images)`` gives
+        normalised (B, P, D) patch embeddings.
+
+    Raises:
+        FileNotFoundError: the folder has no projector (it was exported from an image-level checkpoint).
+    """
+    import open_clip
+
+    from graft.models.satellite import PixelLevelEncoder
+
+    export_dir = Path(export_dir)
+    proj_file = export_dir / PROJECTOR_FILE
+    if not proj_file.is_file():
+        raise FileNotFoundError(f"{proj_file} not found: {export_dir} is not a pixel-level export "
+                                "(export a checkpoint trained with model.kind=pixel)")
+    model = open_clip.create_model(f"local-dir:{export_dir}", device="cpu")
+    encoder = PixelLevelEncoder(model.visual)
+    state = {k: v for k, v in encoder.state_dict().items() if not k.startswith(_PROJECTOR_PREFIX)}
+    state.update(load_file(str(proj_file)))
+    encoder.load_state_dict(state, strict=True)
+    return encoder.to(device).eval()
+
+
+def run_export_command(args) -> int:
+    """``graft export CHECKPOINT OUT_DIR``."""
+    out = export_checkpoint(args.checkpoint, args.out_dir)
+    files = sorted(p.name for p in out.iterdir())
+    print(f"exported {args.checkpoint} -> {out}\n  files: {', '.join(files)}\n"
+          f"  load with: open_clip.create_model_and_transforms('local-dir:{out}')")
+    if (out / PROJECTOR_FILE).is_file():
+        print(f"  patch model: graft.evaluation.export.load_pixel_model('{out}')")
+    return 0

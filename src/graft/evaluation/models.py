@@ -1,0 +1,184 @@
+"""The models an evaluation compares, each behind the same CLIP-style interface.
+
+Every evaluation function takes a model exposing ``encode_image(images)`` and
+``encode_text(tokens)`` (the open_clip ``CLIP`` interface, as CLIP_benchmark
+does), a tokenizer, data, class names and templates. This module turns each
+kind of entry in an evaluation config into such a model:
+
+* a training **checkpoint** (``graft.models.checkpoint.load_encoder``): the
+  trained satellite encoder as image tower, CLIP's text tower;
+* an **export** folder (``graft export``): loaded through open_clip's own
+  ``local-dir:`` path, exactly as outside tools load it;
+* a **CLIP spec**: the frozen CLIP model itself (the baseline).
+
+For segmentation each model also supplies a patch encoder: the trained pixel
+head of a pixel-level model, otherwise the ViT's own patch tokens through its
+``ln_post`` + ``proj`` (:class:`~graft.models.satellite.PixelLevelEncoder`
+untrained), which for frozen CLIP is the standard dense baseline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graft.models.clip_tower import ClipSpec, load_clip, spec_record
+from graft.models.satellite import PixelLevelEncoder
+
+
+class ImageTextModel(Protocol):
+    """What every evaluation needs from a model (the open_clip ``CLIP`` interface)."""
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+class GraftClipModel(nn.Module):
+    """A trained satellite encoder as the image tower, next to CLIP's (frozen) text tower."""
+
+    def __init__(self, encoder: nn.Module, clip_model: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.clip = clip_model
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.encoder.encode_image(images, normalize=normalize)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        out = self.clip.encode_text(tokens)
+        return F.normalize(out, dim=-1) if normalize else out
+
+
+@dataclass
+class LoadedModel:
+    """One model under evaluation, with everything the tasks need to run it.
+
+    Attributes:
+        model: exposes ``encode_image`` / ``encode_text``.
+        tokenizer: ``list[str] -> LongTensor`` for ``encode_text``.
+        preprocess: the model's CLIP eval transform (PIL -> tensor).
+        preprocess_cfg: ``{"size", "mean", "std", "interpolation", ...}`` (open_clip's preprocess config).
+        clip_record: spec record of the CLIP tower whose text/ground space the model lives in.
+        patch_source: ``trained`` (a pixel-level head) or ``clip_patch_tokens``.
+    """
+
+    name: str
+    model: Any
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    preprocess: Callable
+    preprocess_cfg: dict[str, Any]
+    clip_record: dict[str, Any]
+    description: str
+    patch_source: str
+    _patch_factory: Callable[[], PixelLevelEncoder]
+    _patch: PixelLevelEncoder | None = None
+
+    def patch_encoder(self) -> PixelLevelEncoder:
+        """The (B, P, D) patch encoder, built on first use (copying a ViT is not free)."""
+        if self._patch is None:
+            self._patch = self._patch_factory().eval()
+        return self._patch
+
+    def to(self, device: str | torch.device) -> LoadedModel:
+        self.model.to(device)
+        if self._patch is not None:
+            self._patch.to(device)
+        return self
+
+
+def _patch_from_visual(visual: nn.Module) -> Callable[[], PixelLevelEncoder]:
+    return lambda: PixelLevelEncoder(visual)
+
+
+def _preprocess_cfg(clip_model: nn.Module) -> dict[str, Any]:
+    import open_clip
+
+    cfg = dict(open_clip.get_model_preprocess_cfg(clip_model))
+    size = cfg.get("size")
+    cfg["size"] = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return cfg
+
+
+def load_checkpoint_model(name: str, checkpoint: str | Path, device: str = "cpu") -> LoadedModel:
+    """A training checkpoint (or run folder: its newest valid checkpoint)."""
+    from graft.models.checkpoint import load_encoder
+
+    encoder, bundle, meta = load_encoder(checkpoint, device=device)
+    bundle.model.eval()
+    model = GraftClipModel(encoder, bundle.model).eval()
+    if meta["kind"] == "pixel":
+        factory, source = (lambda: encoder), "trained"
+    else:
+        factory, source = _patch_from_visual(encoder.visual), "clip_patch_tokens"
+    return LoadedModel(
+        name=name, model=model, tokenizer=bundle.tokenizer, preprocess=bundle.preprocess,
+        preprocess_cfg=_preprocess_cfg(bundle.model), clip_record=spec_record(bundle),
+        description=f"{meta['kind']}-level checkpoint {checkpoint} (step {meta.get('step')}), "
+        f"text tower {bundle.spec.model} (pretrained={bundle.spec.pretrained})",
+        patch_source=source, _patch_factory=factory,
+    )
+
+
+def load_export_model(name: str, export_dir: str | Path, device: str = "cpu") -> LoadedModel:
+    """A ``graft export`` folder, loaded through open_clip's ``local-dir:`` path."""
+    from graft.evaluation.export import EXPORT_INFO, PROJECTOR_FILE, load_pixel_model
+
+    export_dir = Path(export_dir)
+    bundle = load_clip(ClipSpec(model=f"local-dir:{export_dir}", pretrained=None), device=device)
+    info_file = export_dir / EXPORT_INFO
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if (export_dir / PROJECTOR_FILE).is_file():
+        factory, source = (lambda: load_pixel_model(export_dir, device=device)), "trained"
+    else:
+        factory, source = _patch_from_visual(bundle.model.visual), "clip_patch_tokens"
+    return LoadedModel(
+        name=name, model=bundle.model.eval(), tokenizer=bundle.tokenizer, preprocess=bundle.preprocess,
+        preprocess_cfg=_preprocess_cfg(bundle.model),
+        # The export's own weights differ from the CLIP its ground cache was made with; the record of
+        # that base CLIP (written at export time) is what alignment must compare against.
+        clip_record=info.get("base_clip_record", spec_record(bundle)),
+        description=f"export {export_dir} ({info.get('kind', 'unknown')}-level)",
+        patch_source=source, _patch_factory=factory,
+    )
+
+
+def load_clip_model(name: str, spec: ClipSpec, device: str = "cpu") -> LoadedModel:
+    """The frozen CLIP model itself, applied to satellite images (the baseline)."""
+    bundle = load_clip(spec, device=device)
+    return LoadedModel(
+        name=name, model=bundle.model.eval(), tokenizer=bundle.tokenizer, preprocess=bundle.preprocess,
+        preprocess_cfg=_preprocess_cfg(bundle.model), clip_record=spec_record(bundle),
+        description=f"frozen CLIP {spec.model} (pretrained={spec.pretrained})",
+        patch_source="clip_patch_tokens", _patch_factory=_patch_from_visual(bundle.model.visual),
+    )
+
+
+@torch.no_grad()
+def encode_texts(model: Any, tokenizer: Callable, texts: list[str], device: str | torch.device = "cpu",
+                 batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised text embeddings (N, D), float32, on CPU."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tokens = tokenizer(texts[i:i + batch_size]).to(device)
+        out.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def class_embeddings(model: Any, tokenizer: Callable, classnames: list[str], templates: list[str],
+                     device: str | torch.device = "cpu") -> torch.Tensor:
+    """Zero-shot classifier weights (C, D): per class, the mean over templates of normalised text
+    embeddings, renormalised (Radford et al., 2021)."""
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError(f"templates must be non-empty and each contain '{{}}', got {templates}")
+    texts = [t.replace("{}", c) for c in classnames for t in templates]
+    emb = encode_texts(model, tokenizer, texts, device).view(len(classnames), len(templates), -1)
+    return F.normalize(emb.mean(dim=1), dim=-1)

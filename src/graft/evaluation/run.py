@@ -1,0 +1,542 @@
+"""``graft eval``: every model on every benchmark, side by side, with the frozen CLIP baseline.
+
+A YAML config (eval/*.yaml, validated by :class:`EvalConfig`) lists the models
+(training checkpoints, export folders or CLIP specs) and the benchmarks with
+their tasks. :func:`evaluate` loads every benchmark first, so a missing
+dataset fails before any model work; then it computes each model's image
+features once per benchmark and runs the tasks on them, and writes
+``report.json``, ``report.md`` and plots into ``out_dir``.
+
+Zero-shot classification, retrieval and segmentation run once per prompt
+template set; the set's name goes into the report's dataset field, e.g.
+``eurosat[satellite]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from graft.config import ConfigError, StrictModel, load_config, validate
+from graft.evaluation import report as rep
+from graft.evaluation.alignment import alignment_score, cache_mismatch
+from graft.evaluation.datasets import (
+    ALL_KINDS,
+    MULTILABEL_KINDS,
+    ClassificationSet,
+    DatasetNotFoundError,
+    PairSet,
+    SegmentationSet,
+    load_benchmark,
+)
+from graft.evaluation.models import (
+    LoadedModel,
+    class_embeddings,
+    load_checkpoint_model,
+    load_clip_model,
+    load_export_model,
+)
+from graft.evaluation.probes import knn_scores, linear_probe_scores, probe_metrics, seeded_split
+from graft.evaluation.retrieval import text_to_image_retrieval
+from graft.evaluation.segmentation import SamRefiner, evaluate_segmentation
+from graft.evaluation.zeroshot import (
+    DEFAULT_TEMPLATES,
+    Features,
+    extract_image_features,
+    make_loader,
+    zeroshot_from_features,
+)
+from graft.models.clip_tower import ClipSpec
+
+log = logging.getLogger(__name__)
+
+TaskName = Literal["zeroshot", "retrieval", "segmentation", "knn", "linear_probe", "alignment"]
+REPORT_TASK = {"zeroshot": "zeroshot_classification", "retrieval": "retrieval", "segmentation": "segmentation",
+               "knn": "knn", "linear_probe": "linear_probe", "alignment": "alignment"}
+_CLASSIFICATION_TASKS = ("zeroshot", "retrieval", "knn", "linear_probe")
+TASKS_BY_KIND: dict[str, tuple[str, ...]] = {
+    **{k: _CLASSIFICATION_TASKS for k in ALL_KINDS if k not in ("segmentation", "graft_pairs")},
+    "segmentation": ("segmentation",),
+    "graft_pairs": ("alignment",),
+}
+DEFAULT_TASKS = {"segmentation": ["segmentation"], "graft_pairs": ["alignment"]}
+BASELINE_NAME = "baseline"
+
+
+class ModelEntry(StrictModel):
+    """One model to evaluate: exactly one of ``checkpoint``, ``export`` or ``clip``."""
+
+    name: str
+    checkpoint: str | None = None  # checkpoint folder, or run folder (newest valid checkpoint)
+    export: str | None = None  # folder written by 'graft export'
+    clip: ClipSpec | None = None  # any open_clip spec, evaluated frozen
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ModelEntry:
+        given = [k for k in ("checkpoint", "export", "clip") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"model {self.name!r} needs exactly one of checkpoint / export / clip, got {given or 'none'}")
+        return self
+
+
+class BenchmarkEntry(StrictModel):
+    """One benchmark and the tasks to run on it."""
+
+    name: str
+    type: Literal["eurosat", "ucmerced", "resisc45", "aid", "imagefolder", "csv_multilabel", "bigearthnet",
+                  "segmentation", "graft_pairs"]
+    root: str
+    tasks: list[TaskName] | None = None  # default: zeroshot + retrieval / segmentation / alignment
+    classnames: list[str] | None = None  # prompt names in class order; overrides classnames.txt
+    templates: dict[str, list[str]] | None = None  # template sets; override templates.txt and the defaults
+    rgb_bands: list[int] | None = None  # 1-based bands of multi-band TIFFs used as R, G, B
+    csv: str = "labels.csv"  # multi-label sets: CSV file name under root
+    splits: dict[str, str] | None = None  # ImageFolder sets: {split: file listing its images}
+    eval_split: str = "test"  # split scored by zero-shot/retrieval/probes when the set has splits
+    train_split: str = "train"  # split the probes train on when the set has splits
+    pairs_split: str = "test"  # graft_pairs: which split's tiles to use
+    max_images: int | None = Field(default=None, ge=1)  # seeded random subset, for quick runs
+
+    @model_validator(mode="after")
+    def _tasks_fit_type(self) -> BenchmarkEntry:
+        allowed = TASKS_BY_KIND[self.type]
+        if self.tasks is None:
+            self.tasks = list(DEFAULT_TASKS.get(self.type, ["zeroshot", "retrieval"]))
+        bad = [t for t in self.tasks if t not in allowed]
+        if bad:
+            raise ValueError(f"benchmark {self.name!r} ({self.type}) cannot run {bad}; allowed: {list(allowed)}")
+        if self.splits and self.type in (*MULTILABEL_KINDS, "segmentation", "graft_pairs"):
+            raise ValueError(f"benchmark {self.name!r}: 'splits' files are for ImageFolder sets; multi-label CSVs "
+                             "carry a 'split' column instead")
+        return self
+
+
+class RetrievalSettings(StrictModel):
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    depth: int | None = Field(default=None, ge=1)  # images retrieved per query; None = rank all
+    nlist: int | None = Field(default=None, ge=1)  # ivf lists (default ~4 sqrt(N))
+    nprobe: int = Field(default=16, ge=1)
+    hnsw_m: int = Field(default=32, ge=4)
+    ef_search: int = Field(default=128, ge=1)
+    precision_at: list[int] = [10, 100]
+    grid_queries: int = 5  # rows of the retrieval plot
+    grid_top: int = 6  # tiles per row
+
+
+class ProbeSettings(StrictModel):
+    knn_k: int = Field(default=20, ge=1)
+    knn_vote: Literal["weighted", "majority"] = "weighted"
+    knn_temperature: float = Field(default=0.07, gt=0)
+    linear_c: float | list[float] = 1.0  # several values: chosen on a seeded validation part of train
+    linear_max_iter: int = 1000
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)  # seeded split when the set has none
+    seed: int = 0
+
+
+class SegmentationSettings(StrictModel):
+    sam_checkpoint: str | None = None  # local SAM weights; enables refinement (needs the 'sam' extra)
+    sam_model_type: str = "vit_h"
+    overlays: int = Field(default=4, ge=0)  # images in the overlay plot
+    batch_size: int = Field(default=8, ge=1)
+
+
+class EvalConfig(StrictModel):
+    """An evaluation suite: models x benchmarks x tasks."""
+
+    models: list[ModelEntry] = []
+    baseline: ClipSpec | None = None  # default: the CLIP tower of the first checkpoint/export
+    include_baseline: bool = True
+    benchmarks: list[BenchmarkEntry] = Field(min_length=1)
+    templates: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_TEMPLATES.items()})
+    out_dir: str = "runs/eval"
+    batch_size: int = Field(default=64, ge=1)
+    workers: int = Field(default=2, ge=0)
+    device: str = "auto"
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    probes: ProbeSettings = Field(default_factory=ProbeSettings)
+    segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
+    alignment_k: int = Field(default=10, ge=1)
+    plots: bool = True
+    skip_missing: bool = False  # a missing benchmark is noted in the report and skipped instead of failing the run
+    plot_templates: str | None = None  # template set used for plots (default: 'satellite' if present, else first)
+    seed: int = 0  # subsets (max_images)
+
+    @model_validator(mode="after")
+    def _names(self) -> EvalConfig:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        if self.include_baseline and BASELINE_NAME in names:
+            raise ValueError(f"model name {BASELINE_NAME!r} is reserved for the baseline; rename it or set "
+                             "include_baseline: false")
+        if not self.models and not (self.include_baseline and self.baseline):
+            raise ValueError("nothing to evaluate: list models, or give a baseline CLIP spec")
+        bnames = [b.name for b in self.benchmarks]
+        if len(set(bnames)) != len(bnames):
+            raise ValueError(f"benchmark names must be unique, got {bnames}")
+        for name, sets in [("templates", self.templates)] + [
+                (f"benchmarks.{b.name}.templates", b.templates) for b in self.benchmarks if b.templates]:
+            for sname, tpl in sets.items():
+                if not tpl or any("{}" not in t for t in tpl):
+                    raise ValueError(f"{name}.{sname}: every template needs '{{}}' for the class name, got {tpl}")
+        return self
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but CUDA is not available; use device: cpu or auto")
+    return device
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "x"
+
+
+def _default_baseline(cfg: EvalConfig) -> ClipSpec | None:
+    """The CLIP tower the first trained model started from: the only baseline that isolates training."""
+    from graft.models.checkpoint import read_meta, resolve_checkpoint
+
+    for m in cfg.models:
+        if m.checkpoint:
+            return ClipSpec(**read_meta(resolve_checkpoint(m.checkpoint))["clip"])
+        if m.export:
+            info = Path(m.export) / "graft_export.json"
+            if info.is_file():
+                return ClipSpec(**json.loads(info.read_text())["base_clip"])
+    return None
+
+
+def load_models(cfg: EvalConfig, device: str) -> list[LoadedModel]:
+    """Every configured model, then the baseline (if any)."""
+    out = []
+    for m in cfg.models:
+        if m.checkpoint:
+            out.append(load_checkpoint_model(m.name, m.checkpoint, device))
+        elif m.export:
+            out.append(load_export_model(m.name, m.export, device))
+        else:
+            out.append(load_clip_model(m.name, m.clip, device))
+    if cfg.include_baseline:
+        spec = cfg.baseline or _default_baseline(cfg)
+        if spec is None:
+            log.warning("no baseline: give 'baseline' (a CLIP spec) in the config")
+        else:
+            out.append(load_clip_model(BASELINE_NAME, spec, device))
+    return [m.to(device) for m in out]
+
+
+def _load_set(b: BenchmarkEntry, seed: int):
+    data = load_benchmark(b.type, b.root, name=b.name, classnames=b.classnames, rgb_bands=b.rgb_bands,
+                          split_files=b.splits, csv_name=b.csv, pairs_split=b.pairs_split)
+    if not b.max_images or b.max_images >= len(data):
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(len(data), b.max_images, replace=False))
+    if isinstance(data, ClassificationSet):
+        return data.subset(keep)
+    if isinstance(data, SegmentationSet):
+        data.images = [data.images[i] for i in keep]
+        data.masks = [data.masks[i] for i in keep]
+    else:
+        data.tile_ids = [data.tile_ids[i] for i in keep]
+        data.locations = [data.locations[i] for i in keep]
+        data.ground_mean = data.ground_mean[keep]
+    return data
+
+
+def _template_sets(b: BenchmarkEntry, data: Any, cfg: EvalConfig) -> dict[str, list[str]]:
+    if b.templates:
+        return b.templates
+    if getattr(data, "templates", None):
+        return {"custom": data.templates}
+    return cfg.templates
+
+
+def _plot_set(sets: dict[str, list[str]], cfg: EvalConfig) -> str:
+    if cfg.plot_templates and cfg.plot_templates in sets:
+        return cfg.plot_templates
+    return "satellite" if "satellite" in sets else next(iter(sets))
+
+
+class _Run:
+    """State of one evaluate() call."""
+
+    def __init__(self, cfg: EvalConfig, device: str):
+        self.cfg = cfg
+        self.device = device
+        self.report = rep.Report()
+        self.out = Path(cfg.out_dir)
+        self.plot_dir = self.out / "plots"
+
+    def plot(self, fn, *args, **kwargs) -> None:
+        if not self.cfg.plots:
+            return
+        with self.report.timer("plots"):
+            try:
+                path = fn(*args, **kwargs)
+                self.report.plots.append(str(Path(path).relative_to(self.out)))
+            except Exception as e:  # noqa: BLE001 - a failed plot must not lose the numbers
+                log.warning("plot %s failed: %s", args[-1] if args else fn.__name__, e)
+                self.report.notes.append(f"plot {fn.__name__} failed: {e}")
+
+    def features(self, model: LoadedModel, data: Any, bench: str) -> Features:
+        loader = make_loader(data, model.preprocess, self.cfg.batch_size, self.cfg.workers)
+        with self.report.timer(f"features/{bench}"):
+            feats = extract_image_features(model.model, loader, self.device, desc=f"{bench}: {model.name}")
+        return feats
+
+    def record_failures(self, data: Any, feats: Features, seen: set[int], paths: list) -> None:
+        for idx, reason, detail in feats.failures:
+            if idx not in seen:
+                seen.add(idx)
+                data.rejections.add(reason, str(paths[idx]) if paths else str(idx), detail)
+
+    # ----------------------------------------------------------------- classification
+
+    def classification(self, b: BenchmarkEntry, data: ClassificationSet, models: list[LoadedModel]) -> None:
+        tasks = set(b.tasks)
+        tsets = _template_sets(b, data, self.cfg)
+        plot_set = _plot_set(tsets, self.cfg)
+        if data.splits is not None:
+            present = sorted(set(data.splits.tolist()) - {""})
+            if b.eval_split not in present:
+                raise ConfigError(f"benchmark {b.name}: eval_split {b.eval_split!r} not among its splits {present}")
+            needed = data.splits == b.eval_split
+            if tasks & {"knn", "linear_probe"}:
+                if b.train_split not in present:
+                    raise ConfigError(f"benchmark {b.name}: train_split {b.train_split!r} not among {present}")
+                needed |= data.splits == b.train_split
+            work = data.subset(np.nonzero(needed)[0])
+        else:
+            work = data
+        seen: set[int] = set()
+        per_class: dict[str, dict[str, np.ndarray]] = {}
+        for model in models:
+            feats = self.features(model, work, b.name)
+            self.record_failures(work, feats, seen, work.paths)
+            x, rows = feats.features, feats.index
+            targets = work.targets[rows]
+            if work.splits is not None:
+                eval_mask = work.splits[rows] == b.eval_split
+            else:
+                eval_mask = np.ones(len(rows), dtype=bool)
+            for tname, templates in tsets.items():
+                dname = f"{b.name}[{tname}]"
+                weights = class_embeddings(model.model, model.tokenizer, work.classnames, templates, self.device)
+                if "zeroshot" in tasks:
+                    with self.report.timer(f"zeroshot/{b.name}"):
+                        res = zeroshot_from_features(x[eval_mask], weights, targets[eval_mask], work.multilabel)
+                    self.report.add_metrics("zeroshot_classification", dname, model.name, res.metrics)
+                    if work.multilabel:
+                        for c, ap in zip(work.classes, res.per_class, strict=True):
+                            self.report.add("zeroshot_classification", dname, model.name, f"ap[{c}]", ap)
+                    if tname == plot_set:
+                        per_class.setdefault(dname, {})[model.name] = res.per_class
+                        if res.confusion is not None:
+                            self.plot(rep.plot_confusion_matrix, res.confusion, work.classnames,
+                                      f"{model.name} zero-shot on {dname}",
+                                      self.plot_dir / _slug(b.name) / f"confusion_{_slug(model.name)}_{_slug(tname)}.png")
+                if "retrieval" in tasks:
+                    r = self.cfg.retrieval
+                    with self.report.timer(f"retrieval/{b.name}"):
+                        res_r = text_to_image_retrieval(
+                            x[eval_mask], weights.numpy(), work.relevance()[rows][eval_mask], index=r.index,
+                            depth=r.depth, precision_ks=tuple(r.precision_at), **self._index_opts())
+                    self.report.add_metrics("retrieval", dname, model.name, res_r.metrics)
+                    if tname == plot_set:
+                        self._retrieval_grid(work, rows[eval_mask], res_r, model.name, dname, b.name, tname)
+            if tasks & {"knn", "linear_probe"}:
+                self._probes(b, work, x, rows, targets, model.name, tasks)
+        for dname, values in per_class.items():
+            ylabel = "average precision" if work.multilabel else "accuracy"
+            self.plot(rep.plot_per_class_bars, values, work.classnames, f"zero-shot per-class {ylabel}, {dname}",
+                      ylabel, self.plot_dir / _slug(b.name) / f"per_class_{_slug(dname)}.png")
+
+    def _index_opts(self) -> dict[str, Any]:
+        r = self.cfg.retrieval
+        return {"nlist": r.nlist, "nprobe": r.nprobe, "hnsw_m": r.hnsw_m, "ef_search": r.ef_search}
+
+    def _retrieval_grid(self, work: ClassificationSet, rows: np.ndarray, res, model: str, dname: str, bench: str,
+                        tname: str) -> None:
+        if not self.cfg.plots:
+            return
+        r = self.cfg.retrieval
+        queries, tiles, rel = [], [], []
+        for q in range(min(r.grid_queries, len(work.classnames))):
+            ids = [i for i in res.ids[q][: r.grid_top] if i >= 0]
+            try:
+                imgs = [work.read_rgb(int(rows[i])) for i in ids]
+            except Exception as e:  # noqa: BLE001 - the image decoded once already; report and move on
+                self.report.notes.append(f"retrieval grid for {model} on {dname} skipped: {e}")
+                return
+            queries.append(work.classnames[q])
+            tiles.append(imgs)
+            rel.append(list(res.ranked_relevant[q][: len(ids)]))
+        self.plot(rep.plot_retrieval_grid, queries, tiles, rel, f"{model}: text -> image, {dname}",
+                  self.plot_dir / _slug(bench) / f"retrieval_{_slug(model)}_{_slug(tname)}.png")
+
+    def _probes(self, b: BenchmarkEntry, work: ClassificationSet, x: np.ndarray, rows: np.ndarray,
+                targets: np.ndarray, model: str, tasks: set[str]) -> None:
+        p = self.cfg.probes
+        if work.splits is not None:
+            split = work.splits[rows]
+            train, test = np.nonzero(split == b.train_split)[0], np.nonzero(split == b.eval_split)[0]
+        else:
+            train, test = seeded_split(len(rows), None if work.multilabel else targets, p.test_fraction, p.seed)
+        if len(train) == 0 or len(test) == 0:
+            raise ConfigError(f"benchmark {b.name}: probes need train and test images, got {len(train)}/{len(test)}")
+        c = work.num_classes
+        if "knn" in tasks:
+            with self.report.timer(f"knn/{b.name}"):
+                s = knn_scores(x[train], targets[train], x[test], c, p.knn_k, p.knn_vote, p.knn_temperature)
+            self.report.add_metrics("knn", b.name, model, probe_metrics(s, targets[test], c))
+        if "linear_probe" in tasks:
+            with self.report.timer(f"linear_probe/{b.name}"):
+                s, chosen = linear_probe_scores(x[train], targets[train], x[test], c, p.linear_c,
+                                                p.linear_max_iter, p.seed)
+            self.report.add_metrics("linear_probe", b.name, model, probe_metrics(s, targets[test], c))
+            if not isinstance(p.linear_c, (int, float)):
+                self.report.notes.append(f"linear probe {model} on {b.name}: chose C={chosen}")
+
+    # ----------------------------------------------------------------- segmentation
+
+    def segmentation(self, b: BenchmarkEntry, data: SegmentationSet, models: list[LoadedModel]) -> None:
+        s = self.cfg.segmentation
+        refiner = SamRefiner(s.sam_checkpoint, s.sam_model_type, self.device) if s.sam_checkpoint else None
+        tsets = _template_sets(b, data, self.cfg)
+        plot_set = _plot_set(tsets, self.cfg)
+        seen: set[int] = set()
+        overlays: dict[int, dict[str, np.ndarray]] = {}
+        for model in models:
+            try:
+                patch = model.patch_encoder().to(self.device)
+            except TypeError as e:  # not a ViT: no patch tokens to score
+                self.report.notes.append(f"segmentation skipped for {model.name}: {e}")
+                continue
+            for tname, templates in tsets.items():
+                weights = class_embeddings(model.model, model.tokenizer, data.classnames, templates, self.device)
+                variants = [(f"{b.name}[{tname}]", None)]
+                if refiner is not None:
+                    variants.append((f"{b.name}[{tname}+sam]", refiner))
+                for dname, ref in variants:
+                    with self.report.timer(f"segmentation/{b.name}"):
+                        res = evaluate_segmentation(patch, data, weights, model.preprocess_cfg, s.batch_size,
+                                                    self.device, self.cfg.workers, ref,
+                                                    keep_examples=s.overlays, desc=f"{dname}: {model.name}")
+                    for idx, reason, detail in res.failures:
+                        if idx not in seen:
+                            seen.add(idx)
+                            data.rejections.add(reason, str(data.images[idx]), detail)
+                    self.report.add_metrics("segmentation", dname, model.name, res.metrics)
+                    for cname, iou in zip(data.classes, res.iou_per_class, strict=True):
+                        self.report.add("segmentation", dname, model.name, f"iou[{cname}]", iou)
+                    if tname == plot_set and ref is None:
+                        for idx, pred in res.examples.items():
+                            overlays.setdefault(idx, {})[model.name] = pred
+                        self.plot(rep.plot_confusion_matrix, res.confusion, data.classnames,
+                                  f"{model.name} segmentation on {dname} (pixels)",
+                                  self.plot_dir / _slug(b.name) / f"confusion_{_slug(model.name)}_{_slug(tname)}.png")
+        if overlays and self.cfg.plots:
+            ran = [m.name for m in models if any(m.name in p for p in overlays.values())]
+            examples = [(data.read_rgb(i), data.read_mask(i), {n: preds[n] for n in ran})
+                        for i, preds in sorted(overlays.items()) if all(n in preds for n in ran)]
+            if examples:
+                self.plot(rep.plot_segmentation_overlays, examples, data.classnames,
+                          f"segmentation, {b.name}[{plot_set}]", self.plot_dir / _slug(b.name) / "overlays.png",
+                          data.ignore_index)
+
+    # ----------------------------------------------------------------- alignment
+
+    def alignment(self, b: BenchmarkEntry, data: PairSet, models: list[LoadedModel]) -> None:
+        seen: set[int] = set()
+        for model in models:
+            why = cache_mismatch(data.cache_record, model.clip_record)
+            if why:
+                self.report.notes.append(f"alignment {model.name} on {b.name}: ground embeddings were made with "
+                                         f"another CLIP ({why}); mutual kNN still compares neighbourhoods")
+            feats = self.features(model, data, b.name)
+            self.record_failures(data, feats, seen, data.tile_ids)
+            with self.report.timer(f"alignment/{b.name}"):
+                score = alignment_score(feats.features, data.ground_mean[feats.index], k=self.cfg.alignment_k)
+            self.report.add("alignment", b.name, model.name, f"mutual_knn@{self.cfg.alignment_k}", score)
+
+
+def evaluate(cfg: EvalConfig | dict[str, Any]) -> dict[str, Any]:
+    """Run an evaluation suite and write its report.
+
+    Args:
+        cfg: a validated :class:`EvalConfig`, or a plain dict validated here (errors name each bad key).
+
+    Returns:
+        The contents of ``report.json`` plus ``"report_json"`` / ``"report_md"``: the written paths.
+
+    Raises:
+        DatasetNotFoundError: a benchmark root is missing or has the wrong layout; raised before any
+            model loads (with ``skip_missing`` the benchmark is noted and skipped instead).
+        ConfigError: ``cfg`` is an invalid dict, or a split named in it does not exist.
+    """
+    if not isinstance(cfg, EvalConfig):
+        cfg = validate(EvalConfig, dict(cfg), source="(evaluate() argument)")
+    device = resolve_device(cfg.device)
+    run = _Run(cfg, device)
+    report = run.report
+    sets: dict[str, Any] = {}
+    with report.timer("load_benchmarks"):
+        for b in cfg.benchmarks:
+            try:
+                sets[b.name] = _load_set(b, cfg.seed)
+            except DatasetNotFoundError as e:
+                if not cfg.skip_missing:
+                    raise
+                log.warning("skipping benchmark %s: %s", b.name, e)
+                report.notes.append(f"benchmark {b.name} skipped (skip_missing): {e}")
+            else:
+                log.info("benchmark %s (%s): %d items from %s", b.name, b.type, len(sets[b.name]), b.root)
+    if not sets:
+        raise DatasetNotFoundError("no benchmark of the config was found; see the notes above and eval/README.md")
+    with report.timer("load_models"):
+        models = load_models(cfg, device)
+    for m in models:
+        report.models[m.name] = f"{m.description}; segmentation patches: {m.patch_source}"
+    for b in cfg.benchmarks:
+        if b.name not in sets:
+            continue
+        data = sets[b.name]
+        log.info("evaluating %s: %s", b.name, ", ".join(b.tasks))
+        if isinstance(data, ClassificationSet):
+            run.classification(b, data, models)
+        elif isinstance(data, SegmentationSet):
+            run.segmentation(b, data, models)
+        else:
+            run.alignment(b, data, models)
+        report.rejections[b.name] = data.rejections.to_json()
+    with report.timer("report"):
+        json_path, md_path = report.write(run.out)
+    out = report.to_json()
+    out.update(report_json=str(json_path), report_md=str(md_path))
+    return out
+
+
+def run_eval_command(args) -> int:
+    """``graft eval CONFIG [--set key=value ...]``."""
+    cfg = load_config(EvalConfig, args.config, getattr(args, "overrides", None))
+    result = evaluate(cfg)
+    report = rep.Report(rows=[rep.Row(**dict(r, value=float("nan") if r["value"] is None else r["value"]))
+                              for r in result["rows"]], models=result["models"])
+    print(rep.format_summary(report))
+    rejected = {k: v["total"] for k, v in result["rejections"].items() if v.get("total")}
+    if rejected:
+        print(f"rejected input (see report.md): {rejected}")
+    print(f"\nreport: {result['report_md']} (json: {result['report_json']}, plots: {len(result['plots'])})")
+    return 0
