@@ -13,9 +13,9 @@ and the previous good one used instead.
 from __future__ import annotations
 
 import json
-import shutil
 import logging
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from graft.storage import atomic_dir, sha256_file
+from graft.storage import atomic_dir, clean_stale_temps, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ def save_checkpoint(
 ) -> Path:
     """Write one checkpoint folder atomically; optionally prune older ones, keeping ``keep_last``."""
     final = checkpoint_dir(run_dir, step)
+    # A temp folder beside the checkpoints can only be a save that was killed mid-write (one process,
+    # rank 0, writes a run's checkpoints); each holds a whole checkpoint, so preemptions would pile them up.
+    clean_stale_temps(final.parent)
     with atomic_dir(final) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
         torch.save(trainer_state or {}, tmp / "trainer.pt")

@@ -36,7 +36,7 @@ from graft.models.checkpoint import (
 )
 from graft.models.clip_tower import FrozenClipTower, load_clip, spec_record
 from graft.models.satellite import build_encoder
-from graft.storage import atomic_write_text
+from graft.storage import atomic_write_text, clean_stale_temps
 from graft.training import distributed as D
 from graft.training.config import TrainConfig
 from graft.training.data import BatchIterator, StreamSpec, check_embedding_cache, split_shards
@@ -286,6 +286,7 @@ class Trainer:
         writer = _tb_writer(self.run_dir) if self.info.is_main else None
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            clean_stale_temps(self.run_dir)  # a config.yaml write killed in a previous run
             atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         end = cfg.train.max_steps if stop_after is None else min(cfg.train.max_steps, self.step + stop_after)
         bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc=f"train[{cfg.model.kind}]",
