@@ -152,6 +152,21 @@ def read_lines(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
+def read_class_list(path: Path) -> list[str]:
+    """A ``classes.txt``: one class a line. A class listed twice is an error: its index would be ambiguous."""
+    names = read_lines(path)
+    first: dict[str, int] = {}
+    dups = []
+    for i, n in enumerate(names, start=1):
+        if n in first:
+            dups.append(f"{n!r} (entries {first[n]} and {i})")
+        else:
+            first[n] = i
+    if dups:
+        raise ValueError(f"{path}: duplicate class(es) {', '.join(dups[:5])}; list every class exactly once")
+    return names
+
+
 def _read_templates(path: Path) -> list[str]:
     lines = read_lines(path)
     bad = [t for t in lines if "{}" not in t]
@@ -284,11 +299,25 @@ def _resolve_classnames(
     else:
         f = next((d / "classnames.txt" for d in search if (d / "classnames.txt").is_file()), None)
         if f is None:
-            return [builtin.get(c, prettify_classname(c)) for c in classes]
-        names, source = read_lines(f), str(f)
+            names, source = [builtin.get(c, prettify_classname(c)) for c in classes], "the class list"
+        else:
+            names, source = read_lines(f), str(f)
     if len(names) != len(classes):
         raise ValueError(f"{source} has {len(names)} names but there are {len(classes)} classes {classes[:5]}...; "
                          "give one name per class, in sorted class order")
+    # Two classes with the same prompt name get identical text embeddings: zero-shot can never tell
+    # them apart, and the metrics silently count every image of the second as wrong. The CLIP
+    # tokenizer lowercases and collapses spaces, so "Forest" and "forest " are the same name too.
+    seen: dict[str, str] = {}
+    dups = []
+    for n, c in zip(names, classes, strict=True):
+        key = " ".join(n.casefold().split())
+        if key in seen:
+            dups.append(f"{n!r} ({seen[key]} and {c})")
+        seen.setdefault(key, c)
+    if dups:
+        raise ValueError(f"{source}: duplicate class name(s) {', '.join(dups[:5])}; every class needs its own "
+                         "name, or zero-shot prompts cannot tell the classes apart")
     return names
 
 
@@ -418,7 +447,7 @@ def load_csv_multilabel(
     if not csv_path.is_file():
         raise _not_found(kind, root, f"{csv_path.name} does not exist")
     vocab_file = base / "classes.txt"
-    vocab = read_lines(vocab_file) if vocab_file.is_file() else None
+    vocab = read_class_list(vocab_file) if vocab_file.is_file() else None
     rejections = Rejections()
     rows: list[tuple[Path, list[str], str]] = []
     with open(csv_path, newline="", encoding="utf-8") as fh:
@@ -528,7 +557,7 @@ def load_segmentation(
             raise _not_found("segmentation", root, f"the folder {need}/ does not exist")
     if not (root / "classes.txt").is_file():
         raise _not_found("segmentation", root, "classes.txt does not exist")
-    classes = read_lines(root / "classes.txt")
+    classes = read_class_list(root / "classes.txt")
     rejections = Rejections()
     masks = {}
     for f in sorted((root / "masks").iterdir()):

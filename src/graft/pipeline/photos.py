@@ -89,7 +89,8 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _is_truncation(err: BaseException) -> bool:
+def is_truncation(err: BaseException) -> bool:
+    """Whether a Pillow error means the file ends too early (shared with the folder source's EXIF read)."""
     # Pillow reports a short file as OSError("image file is truncated ...") or
     # OSError("Truncated File Read"), and some plugins as EOFError.
     return isinstance(err, EOFError) or "truncated" in str(err).lower()
@@ -149,7 +150,7 @@ def prepare_photo(
         raise PhotoRejected("corrupt_image", f"cannot identify image ({len(data)} bytes): {e}") from None
     except (OSError, EOFError, SyntaxError, ValueError) as e:
         # The header itself is cut short or malformed.
-        reason = "truncated_image" if _is_truncation(e) else "corrupt_image"
+        reason = "truncated_image" if is_truncation(e) else "corrupt_image"
         raise PhotoRejected(reason, f"{type(e).__name__}: {e}") from None
 
     with img:
@@ -179,7 +180,7 @@ def prepare_photo(
         except Image.DecompressionBombError as e:
             raise PhotoRejected("decompression_bomb", str(e)) from None
         except (OSError, EOFError, SyntaxError, ValueError) as e:
-            reason = "truncated_image" if _is_truncation(e) else "corrupt_image"
+            reason = "truncated_image" if is_truncation(e) else "corrupt_image"
             raise PhotoRejected(reason, f"{type(e).__name__}: {e}") from None
 
         try:

@@ -97,6 +97,11 @@ def read_polygon(path: str | os.PathLike) -> shapely.Geometry:
     region = unary_union(polys)
     if not region.is_valid:
         region = shapely.make_valid(region)
+    if region.is_empty or region.area <= 0:
+        # A polygon drawn with collinear or repeated points repairs to a line or a point: every photo
+        # would be "outside the region" and Flickr query points could not be sampled at all.
+        raise ValueError(f"region polygon file {path} has zero area (it is a {region.geom_type} once repaired); "
+                         "check that its rings have at least three distinct, non-collinear points")
     minx, miny, maxx, maxy = region.bounds
     if not (-180 <= minx and maxx <= 180 and -90 <= miny and maxy <= 90):
         raise ValueError(f"region polygon {path} has bounds {region.bounds}, which are not WGS84 degrees; "

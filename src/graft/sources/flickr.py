@@ -254,10 +254,14 @@ def _guard_logs() -> None:
             lg.addFilter(RedactingFilter())
 
 
+# A JSON reply can carry any number: a 400-digit integer does not fit a float, an Infinity not an int.
+# Either is as unusable as a missing value, and must not escape as OverflowError and fail the search.
+
+
 def _to_float(v: Any) -> float | None:
     try:
         f = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return f if f == f else None  # NaN is not a coordinate
 
@@ -265,7 +269,7 @@ def _to_float(v: Any) -> float | None:
 def _to_int(v: Any) -> int | None:
     try:
         return int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

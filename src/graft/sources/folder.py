@@ -21,8 +21,9 @@ Rejection reasons (stable keys in the :class:`~graft.sources.base.Rejections`
 ledger): ``no_gps``, ``gps_missing_ref``, ``gps_bad_ref`` (a ref that is
 not N/S or E/W), ``gps_nan``, ``gps_out_of_range``, ``gps_zero`` (exactly
 0, 0: what receivers without a fix write), ``exif_unreadable``,
-``sidecar_bad_row``, ``file_missing``, and ``decompression_bomb`` for images
-too large for Pillow to open at all.
+``truncated_image`` (the file ends inside its header), ``sidecar_bad_row``,
+``file_missing``, and ``decompression_bomb`` for images too large for Pillow
+to open at all.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from graft.config import StrictModel
-from graft.pipeline.photos import PhotoRejected
+from graft.pipeline.photos import PhotoRejected, is_truncation
 from graft.sources.base import GroundPhoto, Rejections
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ def check_lat_lon(lat: Any, lon: Any) -> tuple[float, float]:
     """Validate a WGS84 point; raises PhotoRejected (``gps_nan``, ``gps_out_of_range``, ``gps_zero``)."""
     try:
         lat, lon = float(lat), float(lon)
+    except OverflowError:  # an integer beyond float range (a Parquet/Python sidecar value): no coordinate
+        raise PhotoRejected("gps_out_of_range", "lat/lon too large for a float") from None
     except (TypeError, ValueError):
         raise PhotoRejected("gps_nan", f"lat/lon not numbers: {lat!r}, {lon!r}") from None
     if math.isnan(lat) or math.isnan(lon) or math.isinf(lat) or math.isinf(lon):
@@ -192,7 +195,11 @@ def _read_exif(source: str | os.PathLike | bytes) -> tuple[float, float, dt.date
         # Pillow refuses to even open images above 2x MAX_IMAGE_PIXELS; same reason as prepare_photo.
         raise PhotoRejected("decompression_bomb", str(e)) from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for a bad header/EXIF
-        raise PhotoRejected("exif_unreadable", f"{type(e).__name__}: {e}") from None
+        # A file cut off inside its header (a download stopped in the EXIF thumbnail, say) is the
+        # same defect prepare_photo reports for a file cut in its pixel data: same reason, whichever
+        # stage notices it first.
+        reason = "truncated_image" if is_truncation(e) else "exif_unreadable"
+        raise PhotoRejected(reason, f"{type(e).__name__}: {e}") from None
     lat, lon = _parse_gps(gps)
     taken_at, tz_kind = _parse_exif_time(date_value, offset_value)
     return lat, lon, taken_at, tz_kind
@@ -289,7 +296,8 @@ class FolderSource:
 
         Raises:
             PhotoRejected: ``no_gps``, ``gps_missing_ref``, ``gps_bad_ref``, ``gps_nan``,
-                ``gps_out_of_range``, ``gps_zero``, ``exif_unreadable`` or ``file_missing``.
+                ``gps_out_of_range``, ``gps_zero``, ``exif_unreadable``, ``truncated_image``,
+                ``decompression_bomb`` or ``file_missing``.
         """
         lat, lon, taken_at, _ = _read_exif(path_or_bytes)
         return lat, lon, taken_at
