@@ -89,7 +89,7 @@ def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int =
                     sample["emb.json"] = json.dumps({"clip": record,
                                                      "photo_ids": [p["photo_id"] for p in photos]}).encode()
                 tw.write(sample)
-                for p, b in zip(photos, jpgs):
+                for p, b in zip(photos, jpgs, strict=True):
                     pw.write({"__key__": p["photo_id"], "jpg": b, "json": json.dumps(p).encode()})
     pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
     return root

@@ -4,13 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_data import make_dataset, tiny_clip_spec
 
 from graft.config import ConfigError, load_config, validate
 from graft.models.checkpoint import find_latest_checkpoint, load_model_state
 from graft.training.config import TrainConfig
 from graft.training.trainer import Trainer, train
-
-from helpers_data import make_dataset, tiny_clip_spec
 
 
 @pytest.fixture(scope="module")

@@ -285,7 +285,7 @@ HEADLINE = [
     ("zero-shot segmentation mIoU", "segmentation", "heldout-seg[ground]", "miou", "graft-pixel"),
     ("kNN (k=20) accuracy", "knn", "heldout", "top1", "graft-image"),
     ("linear probe accuracy", "linear_probe", "heldout", "top1", "graft-image"),
-    ("alignment (mutual kNN, test pairs)", "alignment", "test-pairs", "mutual_knn", "graft-image"),
+    ("alignment (mutual kNN, test pairs)", "alignment", "test-pairs", "mutual_knn@10", "graft-image"),
 ]
 
 

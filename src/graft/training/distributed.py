@@ -74,7 +74,7 @@ def gather_ground(ground: torch.Tensor, owner: torch.Tensor, patch_index: torch.
     padded[: ground.shape[0]] = ground.detach()
     parts = [torch.empty_like(padded) for _ in range(info.world_size)]
     dist.all_gather(parts, padded)
-    foreign = [p[:c] for r, (p, c) in enumerate(zip(parts, counts)) if r != info.rank]
+    foreign = [p[:c] for r, (p, c) in enumerate(zip(parts, counts, strict=True)) if r != info.rank]
     ground_all = torch.cat([ground.detach(), *foreign])
     n_foreign = ground_all.shape[0] - ground.shape[0]
     owner_all = torch.cat([owner, torch.full((n_foreign,), -1, dtype=owner.dtype, device=owner.device)])
