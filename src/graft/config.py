@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from graft.credentials import redact
+
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -90,5 +92,20 @@ def load_config(model: type[T], path: str | os.PathLike | None = None, overrides
 
 
 def dump_config(cfg: BaseModel) -> str:
-    """YAML of a validated config. Secret fields are masked by pydantic's SecretStr."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """YAML of a validated config. Secret fields are masked by pydantic's SecretStr.
+
+    Every registered secret is masked too: a config holds none by design, but a user may still
+    put one into a free-form value (an endpoint URL with ``?api_key=...``), and saved configs
+    (``build_config.yaml``, checkpoints) travel further than the environment they came from.
+    """
+    def masked(v: object) -> object:
+        # Masked before dumping, so YAML quotes the result as needed ("***..." would be an alias).
+        if isinstance(v, str):
+            return redact(v)
+        if isinstance(v, dict):
+            return {k: masked(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [masked(x) for x in v]
+        return v
+
+    return yaml.safe_dump(masked(cfg.model_dump(mode="json")), sort_keys=False)

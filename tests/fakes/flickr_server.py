@@ -424,11 +424,20 @@ class FakeFlickr:
         if seconds > 0:
             self._stop.wait(seconds)
 
+    @staticmethod
+    def _oauth(headers: dict[str, str]) -> dict[str, str]:
+        auth = headers.get("authorization", "")
+        return {k: utils.unescape(v) for k, v in utils.parse_authorization_header(auth)} if auth.startswith("OAuth ") else {}
+
+    def presented_key(self, params: dict[str, str], headers: dict[str, str]) -> str | None:
+        """The API key a request carries (OAuth header or ``api_key`` argument), valid or not."""
+        return self._oauth(headers).get("oauth_consumer_key") or params.get("api_key")
+
     def _check_auth(self, params: dict[str, str], headers: dict[str, str], uri: str, body: str) -> str | None:
         """The API key the request carries; raises _FlickrError if the fake is strict and it is wrong."""
         auth = headers.get("authorization", "")
-        oauth = {k: utils.unescape(v) for k, v in utils.parse_authorization_header(auth)} if auth.startswith("OAuth ") else {}
-        key = oauth.get("oauth_consumer_key") or params.get("api_key")
+        oauth = self._oauth(headers)
+        key = self.presented_key(params, headers)
         if self.api_key is not None and key != self.api_key:
             raise _FlickrError(100, "Invalid API Key (Key not found)")
         if self.api_key is not None and self.api_secret is not None:
@@ -612,7 +621,7 @@ class _Handler(BaseHTTPRequestHandler):
         params.update(parse_qsl(text, keep_blank_values=True))
         headers = {k.lower(): v for k, v in self.headers.items()}
         fault, permanent = fake._pick_fault("rest", rest_item_key(params))
-        key = None
+        key = fake.presented_key(params, headers)  # recorded even when refused: tests check what was sent
         try:
             key = fake._check_auth(params, headers, fake.base_url + self.path, text)
         except _FlickrError as e:
