@@ -383,8 +383,8 @@ def _gather_flickr(cfg: BuildConfig, task: PartitionTask, ledger: Rejections,
         # Downloads arrive already shrunk to flickr.short_side, so holding them is cheap.
         downloaded = [p for p in pool.map(src.download, mine) if p is not None and p.image is not None]
     # The source's request counters (attempts included) go into stats.json: without them a build that
-    # retried a third of its requests looks exactly like a healthy one.
-    counts.update({f"flickr_{k}": v for k, v in src.counters.items()})
+    # retried a third of its requests looks exactly like a healthy one. (A stand-in source may not count.)
+    counts.update({f"flickr_{k}": v for k, v in getattr(src, "counters", {}).items()})
     # Exact duplicates within the partition (re-uploads); across partitions they stay (see README).
     seen: dict[str, str] = {}
     out: list[tuple[GroundPhoto, Loader]] = []
