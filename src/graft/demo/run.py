@@ -65,8 +65,8 @@ class DemoPlan:
     def quick(cls, seed: int = 0) -> DemoPlan:
         from graft.demo.world import WorldConfig
 
-        return cls(world=WorldConfig.quick(seed=seed), teacher_steps=250, teacher_batch=96, filter_epochs=2,
-                   tile_factor=1.5, block_km=2.0, image_steps=150, pixel_steps=150, batch_size=24,
+        return cls(world=WorldConfig.quick(seed=seed), teacher_steps=140, teacher_batch=96, filter_epochs=2,
+                   tile_factor=1.5, block_km=2.0, image_steps=80, pixel_steps=80, batch_size=24,
                    heldout_per_class=20, seg_tiles=30)
 
 
