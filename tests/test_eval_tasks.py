@@ -291,20 +291,18 @@ def test_sam_refine_prompts_best_patch_centres_and_most_confident_class_wins():
     assert (refined2[2:6, 2:6] == 0).all() and refined2[10, 10] == 1
 
 
-def test_sam_refiner_without_the_extra_says_how_to_install(tmp_path):
-    try:
-        import segment_anything  # noqa: F401
-    except ImportError:
-        from graft.evaluation.segmentation import SamRefiner
+def test_sam_refiner_without_the_extra_says_how_to_install(tmp_path, monkeypatch):
+    import sys
 
-        with pytest.raises(ImportError, match=r"graft\[sam\]"):
-            SamRefiner(tmp_path / "sam.pth")
-    else:
-        pytest.skip("segment_anything is installed")
+    from graft.evaluation.segmentation import SamRefiner
+
+    monkeypatch.setitem(sys.modules, "segment_anything", None)  # as if the 'sam' extra were not installed
+    with pytest.raises(ImportError, match=r"graft\[sam\]"):
+        SamRefiner(tmp_path / "sam.pth")
 
 
 def test_sam_refinement_needs_the_extra_or_a_checkpoint(tmp_path):
-    segment_anything = pytest.importorskip("segment_anything")  # the 'sam' extra is not installed in CI
+    segment_anything = pytest.importorskip("segment_anything")  # the 'sam' extra; real runs: test_sam_refinement.py
     from graft.evaluation.segmentation import SamRefiner
 
     assert segment_anything

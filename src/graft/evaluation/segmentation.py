@@ -75,28 +75,39 @@ class SamRefiner:
 
     Args:
         checkpoint: path of a SAM checkpoint (e.g. ``sam_vit_h_4b8939.pth``); never downloaded.
-        model_type: ``vit_h``, ``vit_l`` or ``vit_b``, matching the checkpoint.
+        model_type: a key of ``segment_anything.sam_model_registry`` (``vit_h``, ``vit_l`` or ``vit_b``),
+            matching the checkpoint. A builder registered there under a new key works too.
+
+    :meth:`from_model` wraps an already-built ``segment_anything.Sam`` instead (any size).
     """
 
     def __init__(self, checkpoint: str | Path, model_type: str = "vit_h", device: str = "cpu"):
-        try:
-            from segment_anything import SamPredictor, sam_model_registry
-        except ImportError as e:
-            raise ImportError("SAM refinement needs the 'sam' extra: pip install 'graft[sam]' "
-                              "(segment-anything), or drop segmentation.sam_checkpoint") from e
+        sam_model_registry = _segment_anything().sam_model_registry
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"segmentation.sam_checkpoint {checkpoint} does not exist; download a SAM "
                                     "checkpoint from the segment-anything README and give its local path")
         if model_type not in sam_model_registry:
             raise ValueError(f"segmentation.sam_model_type {model_type!r} not in {sorted(sam_model_registry)}")
-        sam = sam_model_registry[model_type](checkpoint=str(checkpoint))
+        self._wrap(sam_model_registry[model_type](checkpoint=str(checkpoint)), device)
+
+    @classmethod
+    def from_model(cls, sam: Any, device: str = "cpu") -> SamRefiner:
+        """A refiner around a built ``segment_anything.Sam`` (e.g. a fine-tuned or a small one)."""
+        refiner = cls.__new__(cls)
+        refiner._wrap(sam, device)
+        return refiner
+
+    def _wrap(self, sam: Any, device: str) -> None:
         sam.to(device)
-        self.predictor = SamPredictor(sam)
+        sam.eval()
+        self.predictor = _segment_anything().SamPredictor(sam)
 
     def refine(self, rgb: np.ndarray, scores: np.ndarray, coarse: np.ndarray) -> np.ndarray:
         """Refined (H, W) mask from the image, its (C, g, g) patch scores and the coarse (H, W) mask."""
         h, w = coarse.shape
         c, g, _ = scores.shape
+        if rgb.shape[:2] != (h, w):  # the point prompts are placed in mask pixels; SAM reads them in image pixels
+            raise ValueError(f"image {rgb.shape[:2]} and coarse mask {(h, w)} differ in size")
         present = [k for k in range(c) if (coarse == k).any()]
         if not present:
             return coarse
@@ -113,6 +124,15 @@ class SamRefiner:
                                                        multimask_output=True)
             refined[masks[int(np.argmax(quality))]] = k
         return refined
+
+
+def _segment_anything():
+    try:
+        import segment_anything
+    except ImportError as e:
+        raise ImportError("SAM refinement needs the 'sam' extra: pip install 'graft[sam]' "
+                          "(segment-anything), or drop segmentation.sam_checkpoint") from e
+    return segment_anything
 
 
 @dataclass
