@@ -57,8 +57,8 @@ class DemoPlan:
     def full(cls, seed: int = 0) -> DemoPlan:
         from graft.demo.world import WorldConfig
 
-        return cls(world=WorldConfig(seed=seed), teacher_steps=800, teacher_batch=128, filter_epochs=3,
-                   tile_factor=1.5, block_km=2.5, image_steps=600, pixel_steps=600, batch_size=32,
+        return cls(world=WorldConfig(seed=seed), teacher_steps=500, teacher_batch=128, filter_epochs=3,
+                   tile_factor=1.5, block_km=2.5, image_steps=400, pixel_steps=400, batch_size=32,
                    heldout_per_class=60, seg_tiles=120)
 
     @classmethod
