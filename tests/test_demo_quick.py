@@ -57,3 +57,11 @@ def test_report_and_outputs_follow_the_documented_layout(quick_demo):
     assert (out / "dataset" / "manifest.parquet").is_file()
     assert (out / "heldout" / "templates.txt").read_text().strip() == "a photo of a {}."
     assert (out / "export" / "open_clip_config.json").is_file()
+
+
+@pytest.mark.heavy
+def test_two_runs_give_the_same_numbers(quick_demo, tmp_path):
+    """Seeds and thread count are fixed, so a second run reproduces every reported value exactly."""
+    _, first = quick_demo
+    second = run_demo(tmp_path / "again", quick=True, seed=0)
+    assert second["rows"] == first["rows"]

@@ -74,7 +74,9 @@ def plot_map(
     ax.set_title(f"{len(photo_lat)} photos in {len(tiles)} tiles")
     ax.set_aspect(1.0 / max(np.cos(np.radians(np.nanmean(photo_lat))) if len(photo_lat) else 1.0, 1e-3))
     ax.autoscale_view()
-    ax.legend(loc="best", fontsize=8)
+    # Outside the axes: loc="best" tests every candidate spot against every plotted point, which
+    # takes seconds per plot at a state's worth of photos and hides data on a dense map anyway.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
     _save(fig, path)
 
 
@@ -96,5 +98,5 @@ def plot_photos_per_tile(path: str | os.PathLike, counts: Sequence[int], cap: in
     ax.axvline(cap + 0.5, color="k", linestyle="--", linewidth=0.8, label=f"cap = {cap}")
     ax.set_xlabel("photos per tile")
     ax.set_ylabel("tiles")
-    ax.legend()
+    ax.legend(loc="upper right")
     _save(fig, path)

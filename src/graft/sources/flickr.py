@@ -717,7 +717,9 @@ class FlickrSource:
             raise TransientError("undecodable", str(e)[:200]) from None
         w, h = im.size
         scale = self.cfg.short_side / min(w, h)
-        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+        # Bicubic, as prepare_photo and CLIP's own preprocessing use: at c=32 downloads are CPU-bound
+        # and Lanczos costs ~40% more per photo here for no difference the encoder can see.
+        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=90)
         return buf.getvalue()
