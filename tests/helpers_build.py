@@ -219,16 +219,3 @@ def shared_dataset(tmp_path_factory) -> Built:
         _SHARED["base"] = Built(world=world, cfg=cfg, summary=summary, source=source)
     return _SHARED["base"]
 
-
-def tiny_clip_spec(folder: Path, seed: int = 0):
-    """graft-tiny-vit with reproducible random weights saved to a file (an open_clip ``pretrained`` path)."""
-    import torch
-
-    from graft.models.clip_tower import ClipSpec, load_clip
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"tiny-clip-{seed}.pt"
-    if not path.exists():
-        torch.manual_seed(seed)
-        torch.save(load_clip(ClipSpec(model="graft-tiny-vit", pretrained=None)).model.state_dict(), path)
-    return ClipSpec(model="graft-tiny-vit", pretrained=str(path))

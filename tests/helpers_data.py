@@ -23,12 +23,26 @@ from graft.models.clip_tower import ClipSpec, FrozenClipTower, load_clip, spec_r
 def tiny_clip_spec(folder: Path, seed: int = 0) -> ClipSpec:
     """graft-tiny-vit with reproducible random weights saved to a file (open_clip 'pretrained' file path)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "tiny-clip.pt"
+    path = folder / f"tiny-clip-{seed}.pt"
     if not path.exists():
         torch.manual_seed(seed)
         bundle = load_clip(ClipSpec(model="graft-tiny-vit", pretrained=None))
         torch.save(bundle.model.state_dict(), path)
     return ClipSpec(model="graft-tiny-vit", pretrained=str(path))
+
+
+def make_checkpoint(folder: Path, spec: ClipSpec, kind: str, seed: int = 1) -> Path:
+    """A 'trained' checkpoint: CLIP's visual tower with perturbed weights (so it differs from the baseline)."""
+    from graft.models.checkpoint import save_checkpoint
+    from graft.models.satellite import build_encoder
+
+    encoder = build_encoder(kind, load_clip(spec).model.visual)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return save_checkpoint(folder / f"run-{kind}", 10, encoder.state_dict(), {},
+                           meta={"kind": kind, "clip": spec.model_dump()}, config_yaml="")
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 import yaml
-from helpers_build import REGION, build_config, jpeg_with_gps, shared_dataset, tiny_clip_spec
+from helpers_build import REGION, build_config, jpeg_with_gps, shared_dataset
+from helpers_data import tiny_clip_spec
 from PIL import Image
 
 from graft.cli import main as graft_main

@@ -11,7 +11,8 @@ import pytest
 import torch
 import webdataset as wds
 import yaml
-from helpers_build import shared_dataset, tiny_clip_spec
+from helpers_build import shared_dataset
+from helpers_data import tiny_clip_spec
 from PIL import Image
 
 from graft.cli import main as graft_main

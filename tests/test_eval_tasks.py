@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers_data import make_checkpoint, tiny_clip_spec
 from PIL import Image
 from torch import nn
 
@@ -27,9 +28,7 @@ from graft.evaluation.segmentation import evaluate_segmentation, patch_scores, s
 from graft.evaluation.zeroshot import zeroshot_from_features
 from graft.geometry import tile_grid_around
 from graft.imagery import encode_geotiff
-from graft.models.checkpoint import save_checkpoint
-from graft.models.clip_tower import ClipSpec, load_clip
-from graft.models.satellite import build_encoder
+from graft.models.clip_tower import load_clip
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,25 +46,6 @@ def _single_thread():
 # --------------------------------------------------------------------------- fixtures (generated, tiny)
 
 COLORS = {"AnnualCrop": (200, 180, 40), "Forest": (20, 120, 30), "SeaLake": (20, 40, 200)}
-
-
-def tiny_clip_spec(folder: Path) -> ClipSpec:
-    torch.manual_seed(0)
-    bundle = load_clip(ClipSpec(model="graft-tiny-vit", pretrained=None))
-    f = folder / "tiny_clip.pt"
-    torch.save(bundle.model.state_dict(), f)
-    return ClipSpec(model="graft-tiny-vit", pretrained=str(f))
-
-
-def make_checkpoint(folder: Path, spec: ClipSpec, kind: str, seed: int) -> Path:
-    bundle = load_clip(spec)
-    encoder = build_encoder(kind, bundle.model.visual)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in encoder.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return save_checkpoint(folder / f"run-{kind}", 5, encoder.state_dict(), {},
-                           meta={"kind": kind, "clip": spec.model_dump()}, config_yaml="")
 
 
 def make_eurosat(root: Path, per_class: int = 6) -> Path:

@@ -9,6 +9,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from helpers_data import make_checkpoint, tiny_clip_spec
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -17,9 +18,7 @@ from graft.evaluation.datasets import LabelledTensorDataset, load_benchmark
 from graft.evaluation.models import GraftClipModel
 from graft.evaluation.run import EvalConfig, evaluate
 from graft.evaluation.zeroshot import evaluate_zeroshot
-from graft.models.checkpoint import load_encoder, save_checkpoint
-from graft.models.clip_tower import ClipSpec, load_clip
-from graft.models.satellite import build_encoder
+from graft.models.checkpoint import load_encoder
 
 CLASSES = {"AnnualCrop": (200, 180, 40), "Forest": (20, 120, 30), "Highway": (128, 128, 128), "SeaLake": (20, 40, 200)}
 
@@ -35,27 +34,6 @@ def _single_thread():
     with threadpool_limits(limits=1):
         yield
     torch.set_num_threads(before)
-
-
-def tiny_clip_spec(folder: Path) -> ClipSpec:
-    """The tiny ViT with fixed random weights saved to a file, so every reload has the same text tower."""
-    torch.manual_seed(0)
-    bundle = load_clip(ClipSpec(model="graft-tiny-vit", pretrained=None))
-    f = folder / "tiny_clip.pt"
-    torch.save(bundle.model.state_dict(), f)
-    return ClipSpec(model="graft-tiny-vit", pretrained=str(f))
-
-
-def make_checkpoint(folder: Path, spec: ClipSpec, kind: str, seed: int = 1) -> Path:
-    """A 'trained' checkpoint: CLIP's visual tower with perturbed weights (so it differs from the baseline)."""
-    bundle = load_clip(spec)
-    encoder = build_encoder(kind, bundle.model.visual)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in encoder.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return save_checkpoint(folder / f"run-{kind}", 10, encoder.state_dict(), {},
-                           meta={"kind": kind, "clip": spec.model_dump()}, config_yaml="")
 
 
 def make_eurosat(root: Path, per_class: int = 4) -> Path:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_eval_tasks import _single_thread, make_checkpoint, make_segmentation, tiny_clip_spec  # noqa: F401
+from helpers_data import make_checkpoint, tiny_clip_spec
+from test_eval_tasks import _single_thread, make_segmentation  # noqa: F401
 
 from graft.evaluation import datasets as ds
 from graft.evaluation import metrics
