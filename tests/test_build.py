@@ -7,7 +7,7 @@ import datetime as dt
 import io
 import json
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -361,6 +361,7 @@ class FakeFlickr:
 
     def __init__(self, cfg, rejections):
         self.cfg, self.rejections = cfg, rejections
+        self.counters = Counter()
 
     def __enter__(self):
         return self
@@ -380,6 +381,7 @@ class FakeFlickr:
             self.rejections.add("download_failed:http_404", photo.photo_id, "gone")
             return None
         photo.image = self.images[photo.photo_id]
+        self.counters["downloads"] += 1
         return photo
 
 
@@ -395,6 +397,9 @@ def test_flickr_query_points_search_and_partition_ownership(base, tmp_path, monk
         pool.append(GroundPhoto(photo_id=pid, lat=lat, lon=lon, taken_at=taken, source="flickr",
                                 uri=f"https://example.invalid/{pid}.jpg", license="CC BY 2.0", owner=f"user{i}"))
         images[pid] = jpeg_with_gps(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), None, None, None)
+    # A re-upload: same place, same bytes, another id. Only the first (by id) is kept.
+    pool[30] = dataclasses.replace(pool[30], lat=pool[29].lat, lon=pool[29].lon)
+    images["flickr-1030"] = images["flickr-1029"]
     monkeypatch.setattr(FakeFlickr, "pool", pool)
     monkeypatch.setattr(FakeFlickr, "images", images)
     monkeypatch.setattr(FakeFlickr, "broken", {"flickr-1007"})
@@ -424,3 +429,5 @@ def test_flickr_query_points_search_and_partition_ownership(base, tmp_path, monk
     assert counts.get("no_date", 0) >= 1 and "flickr-1000" not in ids
     assert summary.stats["counts"]["search_results"] >= len(manifest) + counts.get("no_date", 0)
     assert summary.stats["counts"]["query_points"] == 30
+    assert summary.stats["counts"]["flickr_downloads"] == summary.stats["counts"]["loaded"]
+    assert counts["duplicate_content"] == 1 and "flickr-1029" in ids and "flickr-1030" not in ids

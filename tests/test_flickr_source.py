@@ -241,21 +241,18 @@ def test_missing_credentials_name_the_variables(monkeypatch, tmp_path):
 # ------------------------------------------------------------------- downloads
 
 
-def test_download_resizes_to_the_short_side_keeping_aspect():
+def test_download_returns_the_bytes_as_served():
+    # Decoding and shrinking happen once, in the build's prepare_photo; the download only checks the transfer.
     base = make_catalogue(2, lat=LAT, lon=LON, spread_km=0.2, start=START, end=END, seed=10)
     cat = [dataclasses.replace(base[0], width=160, height=120), dataclasses.replace(base[1], width=90, height=200)]
     with FakeFlickr(cat) as fake:
         ledger = Rejections()
-        src = FlickrSource(make_cfg(fake, short_side=64), ledger)
+        src = FlickrSource(make_cfg(fake), ledger)
         photos = sorted(src.search(LAT, LON), key=lambda p: p.photo_id)
         got = src.download_all(photos, workers=2, progress=False)
         assert len(got) == 2 and ledger.total == 0
-        sizes = []
-        for p in got:
-            im = Image.open(io.BytesIO(p.image))
-            assert im.format == "JPEG" and im.mode == "RGB"
-            sizes.append(im.size)
-        assert sizes == [(85, 64), (64, 142)]
+        assert [p.image for p in got] == [fake.jpeg(p.extra["flickr_id"]) for p in got]
+        assert sorted(Image.open(io.BytesIO(p.image)).size for p in got) == [(90, 200), (160, 120)]
         src.close()
 
 
@@ -263,16 +260,43 @@ def test_download_survives_truncated_bytes():
     cat = make_catalogue(12, lat=LAT, lon=LON, spread_km=0.2, start=START, end=END, seed=12)
     with FakeFlickr(cat, faults=FaultSpec(rate=0.5, kinds=("truncated_image",), endpoints=("img",), seed=3)) as fake:
         ledger = Rejections()
-        src = FlickrSource(make_cfg(fake, short_side=32,
-                                    retry=RetryConfig(max_attempts=10, initial_s=0.001, max_backoff_s=0.01)), ledger)
+        src = FlickrSource(make_cfg(fake, retry=RetryConfig(max_attempts=10, initial_s=0.001, max_backoff_s=0.01)),
+                           ledger)
         got = src.download_all(src.search(LAT, LON), workers=2, progress=False)
         assert len(got) == 12 and ledger.total == 0, ledger.to_json()
         # Both variants fired: a short body under the full Content-Length, and a cut but consistent JPEG.
         assert fake.count("img", fault="truncated_image") >= 2
         for p in got:
+            assert p.image == fake.jpeg(p.extra["flickr_id"])
             with Image.open(io.BytesIO(p.image)) as im:
-                im.load()
-                assert min(im.size) == 32
+                im.load()  # complete: decodes without a truncation error
+
+
+def test_a_photo_that_always_arrives_cut_off_is_recorded_not_kept():
+    cat = make_catalogue(20, lat=LAT, lon=LON, spread_km=0.2, start=START, end=END, seed=14)
+    spec = FaultSpec(rate=0.0, kinds=("truncated_image",), permanent_fraction=0.25, permanent_kind="truncated_image",
+                     endpoints=("img",), seed=6)
+    with FakeFlickr(cat, faults=spec) as fake:
+        ledger = Rejections()
+        src = FlickrSource(make_cfg(fake, retry=RetryConfig(max_attempts=4, initial_s=0.001, max_backoff_s=0.01)),
+                           ledger)
+        photos = src.search(LAT, LON)
+        got = src.download_all(photos, workers=2, progress=False)
+        doomed = {f"flickr-{p.id}" for p in cat if fake.is_permanent("img", p.id)}
+        assert 1 <= len(doomed) < 20
+        assert {p.photo_id for p in got} == {p.photo_id for p in photos} - doomed
+        assert ledger.counts == {"download_failed:truncated": len(doomed)}
+
+
+def test_end_of_image_marker_check():
+    from graft.sources.flickr import _ends_with_eoi
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="JPEG")
+    jpeg = buf.getvalue()
+    assert _ends_with_eoi(jpeg)
+    assert _ends_with_eoi(jpeg + b"\x00" * 8)  # padding after the marker is harmless
+    assert not _ends_with_eoi(jpeg[: len(jpeg) // 2])
 
 
 def test_download_retries_then_records_permanent_failures():
@@ -281,8 +305,7 @@ def test_download_retries_then_records_permanent_failures():
                      endpoints=("img",), seed=5)
     with FakeFlickr(cat, faults=spec) as fake:
         ledger = Rejections()
-        src = FlickrSource(make_cfg(fake, short_side=32,
-                                    retry=RetryConfig(max_attempts=8, initial_s=0.001, max_backoff_s=0.01)), ledger)
+        src = FlickrSource(make_cfg(fake, retry=RetryConfig(max_attempts=8, initial_s=0.001, max_backoff_s=0.01)), ledger)
         photos = src.search(LAT, LON)
         got = src.download_all(photos, workers=3, progress=False)
         doomed = {f"flickr-{p.id}" for p in cat if fake.is_permanent("img", p.id)}

@@ -64,7 +64,7 @@ def _config(root: Path, out: str, rest_url: str, timeout_s: float) -> BuildConfi
     data = build_config(world, root / out, **{
         "ground": {"kind": "flickr", "n_points": 24, "seed": 5, "short_side": 64,
                    "flickr": {"rest_url": rest_url, "min_taken": str(START), "max_taken": str(END),
-                              "radius_km": 1.2, "per_page": 2, "short_side": 64, "queries_per_hour": 1e9,
+                              "radius_km": 1.2, "per_page": 2, "queries_per_hour": 1e9,
                               "timeout_s": timeout_s, "retry": RETRY}},
         "fetch_workers": 4,
     })

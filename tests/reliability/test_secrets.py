@@ -141,7 +141,7 @@ def test_flickr_cli_build_with_failing_requests_leaks_no_secret(env, tmp_path):
         data = build_config(world, out, **{
             "ground": {"kind": "flickr", "n_points": 8, "seed": 2, "short_side": 64,
                        "flickr": {"rest_url": f"{fake.rest_url}?k={FLICKR_KEY}", "min_taken": str(START),
-                                  "max_taken": str(END), "radius_km": 1.5, "per_page": 10, "short_side": 64,
+                                  "max_taken": str(END), "radius_km": 1.5, "per_page": 10,
                                   "queries_per_hour": 1e9, "timeout_s": 5.0, "retry": FAST_RETRY}},
         })
         config = tmp_path / "flickr.yaml"  # an input, written by the user: it may name the endpoint as they like
@@ -222,7 +222,7 @@ def test_earth_engine_build_failing_flickr_and_doctor_leak_no_secret(env, fake_e
     dead = build_config(world, tmp_path / "unreachable", **{
         "ground": {"kind": "flickr", "n_points": 3, "seed": 1, "short_side": 64,
                    "flickr": {"rest_url": f"http://127.0.0.1:{dead_port}/services/rest/?api_key={FLICKR_KEY}",
-                              "min_taken": str(START), "max_taken": str(END), "short_side": 64,
+                              "min_taken": str(START), "max_taken": str(END),
                               "queries_per_hour": 1e9, "retry": FAST_RETRY}},
     })
     dead_config = tmp_path / "unreachable.yaml"
@@ -238,7 +238,7 @@ def test_earth_engine_build_failing_flickr_and_doctor_leak_no_secret(env, fake_e
         bad = build_config(world, tmp_path / "refused", **{
             "ground": {"kind": "flickr", "n_points": 3, "seed": 1, "short_side": 64,
                        "flickr": {"rest_url": strict.rest_url, "min_taken": str(START), "max_taken": str(END),
-                                  "short_side": 64, "queries_per_hour": 1e9, "retry": FAST_RETRY}},
+                                  "queries_per_hour": 1e9, "retry": FAST_RETRY}},
         })
         bad_config = tmp_path / "refused.yaml"
         bad_config.write_text(yaml.safe_dump(bad))

@@ -27,6 +27,7 @@ is cheap) concatenates the parts into ``manifest.parquet`` and writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -131,10 +132,6 @@ class GroundConfig(StrictModel):
             if (self.points_per_km2 is None) == (self.n_points is None):
                 raise ValueError("kind 'flickr' needs exactly one of points_per_km2 and n_points "
                                  "(how many search points to sample in the region)")
-            if self.flickr.short_side < self.short_side:
-                raise ValueError(f"flickr.short_side ({self.flickr.short_side}, the download size) is smaller "
-                                 f"than short_side ({self.short_side}, the stored size); photos are never "
-                                 "enlarged, so raise flickr.short_side or lower short_side")
         return self
 
 
@@ -362,57 +359,58 @@ def _gather_folder(cfg: BuildConfig, task: PartitionTask, ledger: Rejections) ->
     return [(p, loader(p)) for p in task.photos]
 
 
-def _gather_flickr(cfg: BuildConfig, task: PartitionTask, ledger: Rejections,
+def _gather_flickr(cfg: BuildConfig, task: PartitionTask, src: FlickrSource, ledger: Rejections,
                    counts: Counter) -> list[tuple[GroundPhoto, Loader]]:
     region = _region(cfg)
     pool = _io_pool(cfg.fetch_workers)
-    with FlickrSource(cfg.ground.flickr, ledger) as src:
-        results = list(pool.map(lambda q: src.search(q[0], q[1]), task.query_points))
-        counts["query_points"] += len(task.query_points)
-        found: dict[str, GroundPhoto] = {}
-        for photos in results:  # query circles overlap: the same photo comes back from several points
-            for p in photos:
-                found.setdefault(p.photo_id, p)
-        counts["search_results"] += len(found)
-        ordered = [found[k] for k in sorted(found)]
-        lat = np.array([p.lat for p in ordered], dtype=float)
-        lon = np.array([p.lon for p in ordered], dtype=float)
-        inside = region.contains(lat, lon) if ordered else np.zeros(0, dtype=bool)
-        blocks = region.block_of(lat, lon) if ordered else np.zeros(0, dtype=np.int64)
-        mine: list[GroundPhoto] = []
-        for i, p in enumerate(ordered):
-            if not inside[i]:
-                ledger.add("outside_region", p.photo_id, f"({p.lat:.5f}, {p.lon:.5f})")
-            elif blocks[i] != task.partition:
-                # A search circle near the block edge reaches into the neighbour; that block's
-                # own partition keeps the photo, so it is handed off here, not rejected.
-                counts["found_in_other_block"] += 1
-            elif cfg.ground.require_date and p.taken_at is None:
-                ledger.add("no_date", p.photo_id, "no capture date and ground.require_date is set")
-            else:
-                mine.append(p)
-        counts["input"] += len(mine)
-        # Downloads arrive already shrunk to flickr.short_side, so holding them is cheap.
-        downloaded = [p for p in pool.map(src.download, mine) if p is not None and p.image is not None]
-    # The source's request counters (attempts included) go into stats.json: without them a build that
-    # retried a third of its requests looks exactly like a healthy one. (A stand-in source may not count.)
-    counts.update({f"flickr_{k}": v for k, v in getattr(src, "counters", {}).items()})
-    # Exact duplicates within the partition (re-uploads); across partitions they stay (see README).
-    seen: dict[str, str] = {}
-    out: list[tuple[GroundPhoto, Loader]] = []
-    for p in downloaded:
-        data, p.image = p.image, None
-        h = content_hash(data)
-        if h in seen:
-            ledger.add("duplicate_content", p.photo_id, f"same bytes as {seen[h]}")
-            continue
-        seen[h] = p.photo_id
-        out.append((p, lambda data=data: data))
-    return out
+    results = list(pool.map(lambda q: src.search(q[0], q[1]), task.query_points))
+    counts["query_points"] += len(task.query_points)
+    found: dict[str, GroundPhoto] = {}
+    for photos in results:  # query circles overlap: the same photo comes back from several points
+        for p in photos:
+            found.setdefault(p.photo_id, p)
+    counts["search_results"] += len(found)
+    ordered = [found[k] for k in sorted(found)]
+    lat = np.array([p.lat for p in ordered], dtype=float)
+    lon = np.array([p.lon for p in ordered], dtype=float)
+    inside = region.contains(lat, lon) if ordered else np.zeros(0, dtype=bool)
+    blocks = region.block_of(lat, lon) if ordered else np.zeros(0, dtype=np.int64)
+    mine: list[GroundPhoto] = []
+    for i, p in enumerate(ordered):
+        if not inside[i]:
+            ledger.add("outside_region", p.photo_id, f"({p.lat:.5f}, {p.lon:.5f})")
+        elif blocks[i] != task.partition:
+            # A search circle near the block edge reaches into the neighbour; that block's
+            # own partition keeps the photo, so it is handed off here, not rejected.
+            counts["found_in_other_block"] += 1
+        elif cfg.ground.require_date and p.taken_at is None:
+            ledger.add("no_date", p.photo_id, "no capture date and ground.require_date is set")
+        else:
+            mine.append(p)
+    counts["input"] += len(mine)
+
+    def loader(p: GroundPhoto) -> Loader:
+        # The download happens inside the preparation task, so a photo is fetched, decoded once and
+        # shrunk on one thread, and only its small prepared JPEG outlives the task.
+        def load() -> bytes | None:
+            got = src.download(p)  # a failure is already in the ledger
+            if got is None:
+                return None
+            data, got.image = got.image, None
+            return data
+        return load
+
+    return [(p, loader(p)) for p in mine]
 
 
 def _prepare(cfg: BuildConfig, items: list[tuple[GroundPhoto, Loader]], ledger: Rejections,
              pool: ThreadPoolExecutor, counts: Counter) -> list[tuple[GroundPhoto, PreparedPhoto]]:
+    """Load, validate and shrink each photo on the pool; drop exact duplicates within the partition.
+
+    The folder source is de-duplicated once over the whole folder before partitioning, so duplicates
+    here are Flickr re-uploads; across partitions they stay (see README). Items are in photo-id
+    order and ``pool.map`` keeps it, so the first of a set of duplicates is kept, on every run.
+    """
     def one(item: tuple[GroundPhoto, Loader]) -> PreparedPhoto | PhotoRejected | None:
         data = item[1]()
         if data is None:
@@ -423,13 +421,17 @@ def _prepare(cfg: BuildConfig, items: list[tuple[GroundPhoto, Loader]], ledger: 
             return e
 
     out = []
+    seen: dict[str, str] = {}
     for (photo, _), res in zip(items, pool.map(one, items), strict=True):
         if res is None:
             continue
         counts["loaded"] += 1
         if isinstance(res, PhotoRejected):
             ledger.add(res.reason, photo.photo_id, res.detail)
+        elif res.sha256 in seen:
+            ledger.add("duplicate_content", photo.photo_id, f"same bytes as {seen[res.sha256]}")
         else:
+            seen[res.sha256] = photo.photo_id
             out.append((photo, res))
     return out
 
@@ -492,22 +494,28 @@ def run_partition(cfg: BuildConfig, task: PartitionTask, satellite: SatelliteSou
     source = satellite if satellite is not None else _satellite(cfg.satellite)
 
     pool = _io_pool(cfg.fetch_workers)
-    # 1. the partition's photos (read lazily, in step 2)
-    with _Stage(timings, "gather_s"):
-        if cfg.ground.kind == "folder":
-            counts["input"] += len(task.photos)
-            items = _gather_folder(cfg, task, ledger)
-        else:
-            items = _gather_flickr(cfg, task, ledger, counts)
-    for p, _ in items:
-        if not KEY_RE.fullmatch(p.photo_id):
-            raise RuntimeError(f"ground source produced photo id {p.photo_id!r}, which is not a valid "
-                               f"shard key ({KEY_RE.pattern})")
+    with contextlib.ExitStack() as stack:
+        # 1. the partition's photos: folder files or Flickr search results (their bytes are read in step 2)
+        with _Stage(timings, "gather_s"):
+            if cfg.ground.kind == "folder":
+                counts["input"] += len(task.photos)
+                items = _gather_folder(cfg, task, ledger)
+            else:
+                flickr = stack.enter_context(FlickrSource(cfg.ground.flickr, ledger))
+                items = _gather_flickr(cfg, task, flickr, ledger, counts)
+        for p, _ in items:
+            if not KEY_RE.fullmatch(p.photo_id):
+                raise RuntimeError(f"ground source produced photo id {p.photo_id!r}, which is not a valid "
+                                   f"shard key ({KEY_RE.pattern})")
 
-    # 2. load (folder), validate and shrink
-    with _Stage(timings, "prepare_s"):
-        prepared = _prepare(cfg, items, ledger, pool, counts)
-    del items
+        # 2. read or download, validate and shrink
+        with _Stage(timings, "prepare_s"):
+            prepared = _prepare(cfg, items, ledger, pool, counts)
+        del items
+        if cfg.ground.kind == "flickr":
+            # The source's request counters (attempts included) go into stats.json: without them a build
+            # that retried a third of its requests looks exactly like a healthy one.
+            counts.update({f"flickr_{k}": v for k, v in flickr.counters.items()})
     counts["prepared"] += len(prepared)
 
     # 3. indoor filter

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import math
@@ -56,7 +55,6 @@ from typing import Any
 
 import flickrapi
 import requests
-from PIL import Image, ImageOps
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
@@ -136,7 +134,6 @@ class FlickrConfig(StrictModel):
         3600, gt=0, description="API requests per hour for this key in this process; divide by the number of "
         "processes (e.g. Ray workers) sharing the key"
     )
-    short_side: int = Field(256, ge=16, description="downloaded photos are resized to this shorter side")
     radius_km: float = Field(1.0, gt=0, lt=32, description="search radius around a point (Flickr: < 32 km)")
     min_taken: dt.date
     max_taken: dt.date
@@ -658,7 +655,13 @@ class FlickrSource:
     # ---------------------------------------------------------------- download
 
     def download(self, photo: GroundPhoto) -> GroundPhoto | None:
-        """Fetch ``photo.uri``, resize to ``short_side`` and set ``photo.image`` (JPEG, quality 90).
+        """Fetch ``photo.uri`` and set ``photo.image`` to the bytes as served.
+
+        The transfer is checked (status, Content-Length, a JPEG that ends in its end-of-image
+        marker) and retried when it is cut short, but the photo is not decoded here: the build
+        decodes each photo once, in :func:`graft.pipeline.photos.prepare_photo`, which validates,
+        orients and shrinks it. Decoding here too would double the CPU a download costs, which is
+        what limits a 2-core machine at 32 downloads in flight.
 
         Returns the photo, or None after recording ``download_failed:<kind>`` (or
         ``no_download_url``) in the ledger.
@@ -703,26 +706,19 @@ class FlickrSource:
             raise TransientError("truncated", f"got {len(body)} of {expected} bytes")
         if not body:
             raise TransientError("truncated", "empty body")
-        return self._resize(body)
+        if body.startswith(JPEG_SOI) and not _ends_with_eoi(body):
+            # A self-consistent reply can still carry a cut-off JPEG (an upstream cache that stored
+            # half a file): no end-of-image marker means the tail is missing. Worth another try.
+            raise TransientError("truncated", f"JPEG of {len(body)} bytes has no end-of-image marker")
+        return body
 
-    def _resize(self, body: bytes) -> bytes:
-        try:
-            with Image.open(io.BytesIO(body)) as src:
-                w, h = src.size
-                scale = self.cfg.short_side / min(w, h)
-                src.draft("RGB", (max(1, round(w * scale)), max(1, round(h * scale))))  # JPEG: decode smaller
-                im = ImageOps.exif_transpose(src).convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            # A cut-off transfer usually decodes as a truncated JPEG: worth another try.
-            raise TransientError("undecodable", str(e)[:200]) from None
-        w, h = im.size
-        scale = self.cfg.short_side / min(w, h)
-        # Bicubic, as prepare_photo and CLIP's own preprocessing use: at c=32 downloads are CPU-bound
-        # and Lanczos costs ~40% more per photo here for no difference the encoder can see.
-        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=90)
-        return buf.getvalue()
+
+JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def _ends_with_eoi(body: bytes) -> bool:
+    """Whether a JPEG's end-of-image marker is at its end (some writers pad a few bytes after it)."""
+    return JPEG_EOI in body[-32:]
 
 
 def _parse_page(reply: Any) -> _Page:
