@@ -21,7 +21,7 @@ from PIL import Image
 from graft.cli import main as graft_main
 from graft.config import ConfigError, validate
 from graft.geometry import haversine_m
-from graft.pipeline.build import BuildConfig, build_dataset, load_build_config, plan_build
+from graft.pipeline.build import BuildConfig, build_dataset, load_build_config, plan_build, run_partition
 from graft.pipeline.indoor import IndoorFilter
 from graft.pipeline.photos import prepare_photo
 from graft.pipeline.region import Region, RegionConfig, read_polygon
@@ -347,6 +347,17 @@ def test_polygon_region_clip_filter_and_rejected_chips(base, tmp_path):
     assert source.rejected > 0 and summary.stats["tile_rejections"] == {"cloudy_chip": source.rejected}
     assert counts["tile_cloudy_chip"] >= source.rejected
     assert all(r["lon"] < 9.035 for r in manifest), "photos of cloudy tiles must be dropped"
+
+
+def test_a_partition_caps_gdals_block_cache_and_the_cap_is_operational(base, tmp_path):
+    from rasterio.env import get_gdal_config
+
+    cfg = base.cfg.model_copy(update={"out_dir": str(tmp_path / "ds"), "gdal_cache_mb": 24})
+    assert cfg.fingerprint() == base.cfg.fingerprint()  # a resumed build may use another cap
+    task = next(t for t in plan_build(cfg).tasks if t.photos)
+    stats = run_partition(cfg, task)
+    assert stats["counts"]["input"] == len(task.photos)
+    assert int(get_gdal_config("GDAL_CACHEMAX")) == 24 * 1024 * 1024
 
 
 # ---------------------------------------------------------------- Flickr path (with a stand-in client)
