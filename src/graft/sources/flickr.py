@@ -88,6 +88,8 @@ DEFAULT_LICENSES: list[int] = [1, 2, 3, 4, 5, 6, 9, 10]
 EXTRAS = "geo,date_taken,license,owner_name,url_z,url_c,url_m"
 # Preferred download sizes: z is 640 px on the long side, c 800 px, m 240 px.
 URL_SIZES = ("url_z", "url_c", "url_m")
+# JPEG start- and end-of-image markers: a download that starts with one must end with the other.
+JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 
 # Flickr API error codes (stat=fail) that mean "try again later"; every other code is permanent.
 TRANSIENT_API_CODES = frozenset({10, 105, 106})  # search unavailable, service unavailable, temporary failure
@@ -711,9 +713,6 @@ class FlickrSource:
             # half a file): no end-of-image marker means the tail is missing. Worth another try.
             raise TransientError("truncated", f"JPEG of {len(body)} bytes has no end-of-image marker")
         return body
-
-
-JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 
 
 def _ends_with_eoi(body: bytes) -> bool:
