@@ -38,15 +38,7 @@ MANIFEST_COLUMNS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """On a busy 2-core machine, torch's default 2 intra-op threads spin against each other (100x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

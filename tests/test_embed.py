@@ -20,14 +20,7 @@ from graft.models.clip_tower import FrozenClipTower, load_clip, spec_mismatch, s
 from graft.pipeline.embed import EmbeddingCacheError, embed_dataset, read_cached_embeddings
 from graft.pipeline.shards import iter_photo_samples, iter_raw_samples, iter_tile_samples
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """On a busy 2-core machine, torch's default 2 intra-op threads spin against each other (100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()

@@ -27,13 +27,7 @@ from graft.pipeline.indoor import (
 TINY_CLIP = ClipSpec(model="graft-tiny-vit", pretrained=None)
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    # The machine is shared: keep torch from grabbing every core.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _io_labels() -> np.ndarray:

@@ -56,13 +56,7 @@ def server(tmp_path_factory):
         yield fs
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Dataset generation in this process: torch's default threads spin against each other on 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_yaml(path: Path, data: dict) -> str:
