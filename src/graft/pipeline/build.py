@@ -268,8 +268,12 @@ def _io_pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _limit_gdal_cache(mb: int) -> None:
-    """Cap GDAL's block cache for this process (GDAL applies a new cap at once, also to other threads)."""
-    _cached("gdal_cache", f"{os.getpid()}:{mb}", lambda: set_gdal_config("GDAL_CACHEMAX", mb * 1024 * 1024))
+    """Cap GDAL's block cache for this process (GDAL applies a new cap at once, also to other threads).
+
+    Set on every partition, not once: it is one cheap call, and a process that runs builds with
+    different caps then always has the running build's.
+    """
+    set_gdal_config("GDAL_CACHEMAX", mb * 1024 * 1024)
 
 
 def _release_free_heap() -> None:
