@@ -15,13 +15,6 @@ from graft.demo.run import run_demo
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    doc = run_demo(out, quick=True, seed=0)
-    return out, doc
-
-
 def _value(rows, task, dataset, model, metric):
     hits = [r["value"] for r in rows if (r["task"], r["dataset"], r["model"], r["metric"]) == (task, dataset, model, metric)]
     assert len(hits) == 1, f"expected one {task}/{dataset}/{model}/{metric} row, found {len(hits)}"
