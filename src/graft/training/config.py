@@ -45,6 +45,10 @@ class DataSection(StrictModel):
     flips: bool = True
     rot90: bool = True
     max_photos_per_tile: int = Field(25, ge=1)
+    # "crop": a tile's positives are the photos inside its augmented crop, and crops are drawn to hold
+    # at least one (GRAFT's alignment of an image with the photos taken inside it). "tile": every
+    # photo of the tile, wherever the crop fell (the behaviour before; for ablations).
+    positives: Literal["crop", "tile"] = "crop"
 
     @field_validator("dataset")
     @classmethod

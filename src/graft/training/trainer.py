@@ -75,34 +75,104 @@ class GraftModel(nn.Module):
         return self.encoder(images), None, t
 
 
+@dataclass
+class StepGround:
+    """The ground embeddings of one optimiser step, every micro-batch of every rank, gathered once.
+
+    ``rows[m]`` is, for a photo of this rank, its tile's row in the concatenation of this rank's
+    micro-batches, and -1 for another rank's photo (a negative only). ``n_sat`` counts the satellite
+    rows that own at least one photo, over all micro-batches and ranks: the loss's mean runs over them.
+    """
+
+    ground: torch.Tensor
+    rows: torch.Tensor
+    patch_index: torch.Tensor
+    n_sat: int
+
+    @classmethod
+    def gather(cls, grounds: list[torch.Tensor], owners: list[torch.Tensor], patch_indices: list[torch.Tensor],
+               sizes: list[int], info: D.DistInfo, inside_only: bool = False) -> StepGround:
+        """Concatenate this rank's micro-batches (owners offset to step rows) and gather across ranks.
+
+        ``inside_only`` keeps only photos inside their crop (``patch_index >= 0``): the pixel loss's set.
+        """
+        offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+        parts = []
+        for g, o, p, off in zip(grounds, owners, patch_indices, offsets, strict=True):
+            keep = p >= 0 if inside_only else torch.ones_like(o, dtype=torch.bool)
+            parts.append((g[keep], o[keep] + off, p[keep]))
+        g, o, p, n_sat = D.gather_ground(*(torch.cat(x) for x in zip(*parts, strict=True)), info)
+        return cls(g, o, p, n_sat)
+
+    def owner_for(self, start: int, size: int) -> torch.Tensor:
+        """``owner`` for the micro-batch holding step rows [start, start + size): photos of others are -1."""
+        mine = (self.rows >= start) & (self.rows < start + size)
+        return torch.where(mine, self.rows - start, torch.full_like(self.rows, -1))
+
+
+def micro_batch_loss(forward, kind: str, images: torch.Tensor, start: int, info: D.DistInfo,
+                     image_set: StepGround | None, pixel_set: StepGround | None, image_loss_weight: float = 0.0,
+                     bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-batch's share of the step's loss, and its own loss value (for logging and checks).
+
+    ``forward`` is the (possibly DDP-wrapped) :class:`GraftModel`; the micro-batch's tiles are step
+    rows [start, start + len(images)). Every ground embedding of the step (all micro-batches, all
+    ranks) joins the softmax denominator. The softmax runs over ground embeddings only, which are
+    frozen, so each satellite row's term depends on nothing else that is trained: the step's loss is
+    a sum over micro-batches, each forwarded once. Each mean is rescaled by its share of the step's
+    satellite rows (times the world size, which DDP's gradient average divides out), so the summed
+    gradients equal those of the single-process mean over the whole step.
+    """
+    dev = images.device
+    b = images.shape[0]
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
+        image, patches, t = forward(images, need_image=(kind == "image" or image_loss_weight > 0))
+    # The loss runs in at least fp32 (bf16 autocast outputs are promoted; float64 stays float64).
+    image, patches, t = (None if x is None else x.to(torch.promote_types(x.dtype, torch.float32))
+                         for x in (image, patches, t))
+
+    def share(sg: StepGround, owner: torch.Tensor) -> float:
+        return info.world_size * int(torch.unique(owner[owner >= 0]).numel()) / max(sg.n_sat, 1)
+
+    scaled = raw = None
+    if kind == "image":
+        o = image_set.owner_for(start, b)
+        raw = image_level_loss(image, image_set.ground, o, t)
+        scaled = raw * share(image_set, o)
+    else:
+        o = pixel_set.owner_for(start, b)
+        raw = pixel_level_loss(patches, pixel_set.ground, o, pixel_set.patch_index, t)
+        scaled = raw * share(pixel_set, o)
+        if image_loss_weight > 0:
+            oi = image_set.owner_for(start, b)
+            extra = image_loss_weight * image_level_loss(image, image_set.ground, oi, t)
+            raw, scaled = raw + extra, scaled + extra * share(image_set, oi)
+    return scaled, raw.detach()
+
+
+def step_ground_sets(kind: str, grounds: list[torch.Tensor], owners: list[torch.Tensor],
+                     patch_indices: list[torch.Tensor], sizes: list[int], info: D.DistInfo,
+                     image_loss_weight: float = 0.0) -> tuple[StepGround | None, StepGround | None]:
+    """The (image-loss, pixel-loss) ground sets of a step; None for a loss the step does not use.
+
+    A photo the crop left out (``positives: tile``) leaves the pixel loss and its denominator.
+    """
+    need_image = kind == "image" or image_loss_weight > 0
+    image_set = StepGround.gather(grounds, owners, patch_indices, sizes, info) if need_image else None
+    pixel_set = (StepGround.gather(grounds, owners, patch_indices, sizes, info, inside_only=True)
+                 if kind == "pixel" else None)
+    return image_set, pixel_set
+
+
 def graft_loss(forward, kind: str, images: torch.Tensor, ground: torch.Tensor, owner: torch.Tensor,
                patch_index: torch.Tensor, info: D.DistInfo, image_loss_weight: float = 0.0,
                bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's share of the global-batch loss, and the loss value itself (for logging).
+    """This rank's share of a one-micro-batch step's global loss, and the loss value itself.
 
-    ``forward`` is the (possibly DDP-wrapped) :class:`GraftModel`. Ground embeddings from every rank
-    join the softmax denominator. DDP averages gradients over ranks; rescaling each rank's mean by its
-    share of the global batch makes that average equal the gradient of the single-process global mean.
+    The same as :func:`micro_batch_loss` for a step of one micro-batch; see there.
     """
-    dev = images.device
-    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
-        image, patches, t = forward(images, need_image=(kind == "image" or image_loss_weight > 0))
-    t = t.float()
-    if kind == "image":
-        g, o, _, n_total = D.gather_ground(ground, owner, patch_index, info)
-        loss = image_level_loss(image.float(), g, o, t)
-        n_local = int(torch.unique(owner).numel())
-    else:
-        # A photo the crop left out leaves the pixel loss (and its denominator) for this step.
-        inside = patch_index >= 0
-        g, o, p, n_total = D.gather_ground(ground[inside], owner[inside], patch_index[inside], info)
-        loss = pixel_level_loss(patches.float(), g, o, p, t)
-        n_local = int(torch.unique(owner[inside]).numel())
-        if image_loss_weight > 0:
-            gi, oi, _, _ = D.gather_ground(ground, owner, patch_index, info)
-            loss = loss + image_loss_weight * image_level_loss(image.float(), gi, oi, t)
-    scale = info.world_size * n_local / max(n_total, 1)
-    return loss * scale, loss.detach()
+    sets = step_ground_sets(kind, [ground], [owner], [patch_index], [images.shape[0]], info, image_loss_weight)
+    return micro_batch_loss(forward, kind, images, 0, info, *sets, image_loss_weight=image_loss_weight, bf16=bf16)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -175,6 +245,7 @@ class Trainer:
             mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]), seed=cfg.train.seed,
             rank=self.info.rank, world_size=self.info.world_size, flips=cfg.data.flips, rot90=cfg.data.rot90,
             shuffle_buffer=cfg.data.shuffle_buffer, max_photos=cfg.data.max_photos_per_tile,
+            positives=cfg.data.positives,
             live_ground=live_ground, photo_transform=self.bundle.preprocess if live_ground else None,
         )
 
@@ -227,13 +298,18 @@ class Trainer:
         return True
 
     # -- one step -----------------------------------------------------------------------------
-    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ground(self, batch: dict[str, Any]) -> torch.Tensor:
         dev = self.info.device
-        ground = (self.tower.encode_images(batch["photos"].to(dev)) if self.live
-                  else batch["ground"].to(dev))
+        if self.live:
+            return self.tower.encode_images(batch["photos"].to(dev))
+        return batch["ground"].to(dev)
+
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A one-micro-batch step's (scaled loss, loss value); see :func:`graft_loss`."""
+        dev = self.info.device
         use_bf16 = self.cfg.train.precision == "bf16" and dev.type == "cuda"
-        return graft_loss(self.forward, self.cfg.model.kind, batch["images"].to(dev, non_blocking=True), ground,
-                          batch["owner"].to(dev), batch["patch_index"].to(dev), self.info,
+        return graft_loss(self.forward, self.cfg.model.kind, batch["images"].to(dev, non_blocking=True),
+                          self._ground(batch), batch["owner"].to(dev), batch["patch_index"].to(dev), self.info,
                           image_loss_weight=self.cfg.loss.image_loss_weight, bf16=use_bf16)
 
     def _grads_finite(self) -> bool:
@@ -248,16 +324,30 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
+        dev, kind = self.info.device, self.cfg.model.kind
+        use_bf16 = self.cfg.train.precision == "bf16" and dev.type == "cuda"
+        w = self.cfg.loss.image_loss_weight
+        # The ground embeddings of every micro-batch first (frozen: no graph), so that each micro-batch's
+        # softmax spans the whole step, as one batch of grad_accum x batch_size tiles would.
+        with torch.no_grad():
+            grounds = [self._ground(b) for b in batches]
+        sizes = [b["images"].shape[0] for b in batches]
+        sets = step_ground_sets(kind, grounds, [b["owner"].to(dev) for b in batches],
+                                [b["patch_index"].to(dev) for b in batches], sizes, self.info, w)
         total = 0.0
         finite = True
+        start = 0
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
             ctx = self.ddp.no_sync() if (self.info.enabled and not last) else _nullctx()
             with ctx:
-                scaled, raw = self._loss(batch)
+                scaled, raw = micro_batch_loss(self.forward, kind, batch["images"].to(dev, non_blocking=True), start,
+                                               self.info, *sets, image_loss_weight=w, bf16=use_bf16)
                 finite = finite and bool(torch.isfinite(raw))
-                (scaled / len(batches)).backward()
-            total += float(raw) / len(batches)
+                scaled.backward()
+            # Summed over micro-batches, the scaled losses are this rank's estimate of the step's loss.
+            total += float(scaled.detach())
+            start += sizes[i]
         ok = D.all_true(finite and self._grads_finite(), self.info)
         if not ok:
             self.optimizer.zero_grad(set_to_none=True)
