@@ -73,3 +73,4 @@ def test_accumulated_micro_batches_equal_one_large_batch(kind, weight):
     # with 4x fewer negatives the loss is clearly smaller, which is what this test guards against.
     naive = sum(_step(model, kind, [b], weight)[0] for b in micro) / ACCUM
     assert naive < big_loss - 0.1
+
