@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import random
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,11 +266,18 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGTERM/SIGUSR1 to the trainer (torchrun and SLURM signal the whole process
+    group): a worker killed by one would fail the step the trainer is about to checkpoint after."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def epoch_loader(spec: StreamSpec, epoch: int, workers: int, prefetch_factor: int = 2) -> DataLoader:
     """A DataLoader over one epoch of ``spec`` (batches are assembled inside workers)."""
     kwargs: dict[str, Any] = {"num_workers": workers, "batch_size": None}
     if workers > 0:
-        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
+        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False, worker_init_fn=_ignore_stop_signals)
     return DataLoader(TileStream(spec, epoch), **kwargs)
 
 

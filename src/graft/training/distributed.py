@@ -112,6 +112,15 @@ def all_true(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0.5)
 
 
+def all_max(value: int, info: DistInfo) -> int:
+    """The largest ``value`` over all ranks (e.g. a stop signal that reached only some of them)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def all_gather_objects(obj, info: DistInfo) -> list:
     if not info.enabled:
         return [obj]

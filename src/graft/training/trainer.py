@@ -5,7 +5,9 @@ frozen-CLIP embeddings (cached, or computed live) gathered from every rank;
 the image- or pixel-level 1:N loss; AdamW with linear warm-up and cosine
 decay. Checkpoints are atomic and hold everything needed to continue exactly
 (model, optimiser, RNG, each rank's data position), so ``--resume latest``
-after a kill ends bitwise equal to an uninterrupted run on CPU.
+after a kill ends bitwise equal to an uninterrupted run on CPU. SIGTERM or
+SIGUSR1 (preemption, a SLURM time-limit warning) ends a run at the next step
+boundary with a checkpoint, and ``graft train`` exits with 128 + the signal.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,40 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+"""Signals after which the trainer checkpoints at the next step boundary and exits with 128 + the signal."""
+
+
+class StopRequest:
+    """Records SIGTERM/SIGUSR1 while installed, for the loop to act on at a step boundary.
+
+    A handler only sets a flag: checkpointing inside a signal handler could interrupt a half-done
+    optimiser step or a collective. Installed only in the main thread (Python's rule for handlers);
+    the previous handlers come back on exit.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.signum:
+            self.signum = signum
+            log.warning("received %s: saving a checkpoint after this step, then exiting",
+                        signal.Signals(signum).name)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 class GraftModel(nn.Module):
@@ -206,6 +244,7 @@ class TrainSummary:
     checkpoint: str | None
     seconds: float
     tiles_per_s: float
+    stopped_by: int = 0  # the signal (SIGTERM/SIGUSR1) that ended the run early after a checkpoint; 0 if none
 
 
 class Trainer:
@@ -232,6 +271,7 @@ class Trainer:
             betas=cfg.optim.betas, eps=cfg.optim.eps,
         )
         self.step = 0
+        self.stop_request = StopRequest()  # installed by train() around fit()
         self.bad_total = 0
         self.bad_run = 0
         self.data_state = {"epoch": 0, "batch_in_epoch": 0}
@@ -404,15 +444,25 @@ class Trainer:
                 score = self.alignment()
                 if self.info.is_main and score is not None:
                     self._log(writer, {"alignment": score})
-            if self.step % cfg.train.ckpt_every == 0 or self.step == cfg.train.max_steps:
+            saved = self.step % cfg.train.ckpt_every == 0 or self.step == cfg.train.max_steps
+            if saved:
                 last_ckpt = self.save()
+            # Every rank stops at the same step boundary, even if the signal reached only some of them.
+            stopped_by = D.all_max(self.stop_request.signum, self.info)
+            if stopped_by and self.step < cfg.train.max_steps:
+                last_ckpt = last_ckpt if saved else self.save()
+                log.warning("stopped by %s at step %d; checkpoint %s", signal.Signals(stopped_by).name, self.step,
+                            last_ckpt)
+                break
+        else:
+            stopped_by = 0
         bar.close()
         if writer is not None:
             writer.close()
         secs = time.time() - t0
         return TrainSummary(steps=self.step, final_loss=loss, bad_steps=self.bad_total,
                             checkpoint=str(last_ckpt) if last_ckpt else None, seconds=secs,
-                            tiles_per_s=tiles / max(secs, 1e-9))
+                            tiles_per_s=tiles / max(secs, 1e-9), stopped_by=stopped_by)
 
     def _log(self, writer, scalars: dict[str, float]) -> None:
         for k, v in scalars.items():
@@ -470,7 +520,8 @@ def train(cfg: TrainConfig, resume: str | None = None, live_ground: bool = False
         trainer = Trainer(cfg, live_ground=live_ground, info=info)
         if resume:
             trainer.resume(resume)
-        return trainer.fit(stop_after=stop_after)
+        with trainer.stop_request:
+            return trainer.fit(stop_after=stop_after)
     finally:
         D.teardown()
 
@@ -478,6 +529,14 @@ def train(cfg: TrainConfig, resume: str | None = None, live_ground: bool = False
 def run_train_command(args) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)
     summary = train(cfg, resume=args.resume, live_ground=args.live_ground)
+    if summary.stopped_by:
+        # 128 + signal: how a shell reports a process ended by that signal, so schedulers and scripts see an
+        # unfinished run (not COMPLETED), here with its state saved. train/slurm.sbatch requeues the job.
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"\nstopped by {signal.Signals(summary.stopped_by).name} at step {summary.steps} of "
+                  f"{cfg.train.max_steps}; checkpoint: {summary.checkpoint}\ncontinue with the same command and "
+                  f"--resume latest")
+        return 128 + summary.stopped_by
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"\ntrained {cfg.model.kind}-level encoder: {summary.steps} steps, final loss {summary.final_loss:.4f}, "
