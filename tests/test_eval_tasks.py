@@ -97,9 +97,11 @@ def make_pairs(root: Path, n: int = 12, dim: int = 64) -> Path:
 
         for i in range(n):
             key = f"t{i:03d}"
-            add(f"{key}.tif", encode_geotiff(rng.integers(0, 255, (3, 32, 32), dtype=np.uint8),
-                                             tile_grid_around(40.0 + 0.01 * i, -3.7, size=32, gsd=1.0)))
-            add(f"{key}.json", json.dumps({"tile_id": key, "split": "test"}).encode())
+            grid = tile_grid_around(40.0 + 0.01 * i, -3.7, size=32, gsd=1.0)
+            add(f"{key}.tif", encode_geotiff(rng.integers(0, 255, (3, 32, 32), dtype=np.uint8), grid))
+            photos = [{"photo_id": f"{key}-{j}", "row": 10.5 + j, "col": 20.5} for j in range(2)]
+            add(f"{key}.json", json.dumps({"tile_id": key, "split": "test", "grid": grid.to_json(),
+                                           "photos": photos}).encode())
             buf = io.BytesIO()
             np.save(buf, rng.normal(size=(2, dim)).astype(np.float16))
             add(f"{key}.emb.npy", buf.getvalue())

@@ -29,6 +29,10 @@ Layouts:
 * **GRAFT dataset** (``graft_pairs``, for the alignment task): a folder written
   by ``graft build`` and ``graft embed`` (docs/formats.md); the tiles of one
   split, each paired with the mean of its cached ground-photo embeddings.
+  Unlike the benchmark sets (resized by the model's preprocessing), pairs are
+  seen as in training: :meth:`PairSet.center_crop` takes the centre crop of
+  the encoder's input size at native resolution, and a tile's photos are
+  those inside it.
 
 Multi-band GeoTIFFs go through :func:`graft.imagery.tile_to_rgb8` (uint16 is
 taken as Sentinel-2 reflectance x 1e4); ``rgb_bands`` picks which bands are
@@ -52,7 +56,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from graft.imagery import decode_geotiff, tile_to_rgb8
+from graft.imagery import center_crop_offset, decode_geotiff, inside_crop, tile_to_rgb8
 from graft.sources.base import Rejections
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -595,10 +599,17 @@ def load_segmentation(
 class PairSet:
     """Satellite tiles of one split, each with the mean of its cached ground-photo embeddings.
 
+    As loaded, a pair is the whole tile and all its photos. :meth:`center_crop` gives the view that
+    evaluation uses: the tile's centred crop at native resolution and the photos inside it.
+
     Attributes:
-        ground_mean: (N, D) float32, row i the mean of tile i's normalised ground embeddings.
+        ground_mean: (N, D) float32, row i the mean of tile i's normalised ground embeddings (of the
+            photos inside the crop, once cropped).
         cache_record: the CLIP spec record stored with the embeddings (``emb.json``), used to check
             that a model's text/ground space is the one the cache was made in.
+        photo_pos: per tile, (n_i, 2) float64 fractional (row, col) of its photos in the tile.
+        photo_emb: per tile, (n_i, D) normalised ground embeddings of its photos.
+        crop: side of the centred crop that :meth:`read_rgb` returns; None for the whole tile.
     """
 
     name: str
@@ -609,6 +620,10 @@ class PairSet:
     cache_record: dict[str, Any]
     rgb_bands: tuple[int, ...] | None = None
     rejections: Rejections = field(default_factory=Rejections)
+    photo_pos: list[np.ndarray] = field(default_factory=list)
+    photo_emb: list[np.ndarray] = field(default_factory=list)
+    tile_sizes: list[int] = field(default_factory=list)
+    crop: int | None = None
 
     kind = "graft_pairs"
 
@@ -624,9 +639,57 @@ class PairSet:
             arr, _ = decode_geotiff(data)
             if self.rgb_bands:
                 arr = arr[[b - 1 for b in self.rgb_bands]]
-            return tile_to_rgb8(arr)
+            rgb = tile_to_rgb8(arr)
         except Exception as e:  # rasterio raises several types for a torn tile
             raise ImageReadError("unreadable_tile", f"{self.tile_ids[i]} in {shard}: {e}") from None
+        if self.crop is None:
+            return rgb
+        if min(rgb.shape[:2]) != self.tile_sizes[i]:
+            raise ImageReadError("unreadable_tile", f"{self.tile_ids[i]}: {rgb.shape[:2]} px, the manifest says "
+                                 f"{self.tile_sizes[i]}")
+        off = center_crop_offset(self.tile_sizes[i], self.crop)
+        return np.ascontiguousarray(rgb[off:off + self.crop, off:off + self.crop])
+
+    def subset(self, keep: np.ndarray) -> PairSet:
+        """The pairs at indices ``keep``, in that order."""
+        keep = [int(i) for i in keep]
+        return replace(self, tile_ids=[self.tile_ids[i] for i in keep],
+                       locations=[self.locations[i] for i in keep], ground_mean=self.ground_mean[keep],
+                       photo_pos=[self.photo_pos[i] for i in keep], photo_emb=[self.photo_emb[i] for i in keep],
+                       tile_sizes=[self.tile_sizes[i] for i in keep])
+
+    def center_crop(self, size: int, rejections: Rejections | None = None) -> PairSet:
+        """The pairs as training sees tiles: the centred ``size`` crop at native resolution, its photos only.
+
+        A tile whose centre crop holds no photo is no pair (``no_photo_in_center_crop``); a tile smaller
+        than the crop cannot give one (``tile_smaller_than_input``). Both are counted in ``rejections``
+        when given.
+
+        Raises:
+            DatasetNotFoundError: no tile is left.
+        """
+        keep, means = [], []
+        for i, (pos, emb) in enumerate(zip(self.photo_pos, self.photo_emb, strict=True)):
+            if self.tile_sizes[i] < size:
+                if rejections is not None:
+                    rejections.add("tile_smaller_than_input", self.tile_ids[i],
+                                   f"{self.tile_sizes[i]} px tile, {size} px model input")
+                continue
+            off = center_crop_offset(self.tile_sizes[i], size)
+            inside = inside_crop(pos[:, 0], pos[:, 1], off, off, size)
+            if not inside.any():
+                if rejections is not None:
+                    rejections.add("no_photo_in_center_crop", self.tile_ids[i],
+                                   f"{len(pos)} photos, none in the centred {size} px crop")
+                continue
+            keep.append(i)
+            means.append(emb[inside].astype(np.float32).mean(axis=0))
+        if not keep:
+            raise _not_found("graft_pairs", self.root, f"no tile holds a photo in its centred {size} px crop")
+        out = self.subset(np.asarray(keep))
+        out.ground_mean = np.stack(means)
+        out.crop = size
+        return out
 
 
 def _split_member(name: str) -> tuple[str, str]:
@@ -654,6 +717,9 @@ def load_graft_pairs(root: str | os.PathLike, name: str | None = None, split: st
     tile_ids: list[str] = []
     locations: list[tuple[Path, int, int]] = []
     means: list[np.ndarray] = []
+    positions: list[np.ndarray] = []
+    embeddings: list[np.ndarray] = []
+    sizes: list[int] = []
     records: dict[str, dict] = {}
     for shard in shards:
         groups: dict[str, dict[str, tarfile.TarInfo]] = {}
@@ -681,9 +747,17 @@ def load_graft_pairs(root: str | os.PathLike, name: str | None = None, split: st
                     rec = {k: v for k, v in rec.items() if k not in ("photo_ids", "photos")}
                     records[json.dumps(rec, sort_keys=True)] = rec
                 emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+                photos = info.get("photos", [])
+                if len(photos) != emb.shape[0] or "grid" not in info:
+                    rejections.add("photos_do_not_match_embeddings", key,
+                                   f"{len(photos)} photos in json, {emb.shape[0]} embeddings")
+                    continue
                 tile_ids.append(key)
                 locations.append((shard, members["tif"].offset_data, members["tif"].size))
                 means.append(emb.mean(axis=0))
+                positions.append(np.array([[p["row"], p["col"]] for p in photos], dtype=np.float64))
+                embeddings.append(emb.astype(np.float16))
+                sizes.append(int(info["grid"]["size"]))
     if not tile_ids:
         raise _not_found("graft_pairs", root, f"no tile of split {split!r} has cached ground embeddings "
                          f"({rejections.to_json()['counts']})")
@@ -692,7 +766,8 @@ def load_graft_pairs(root: str | os.PathLike, name: str | None = None, split: st
                          "re-run 'graft embed --force' so the cache is consistent")
     return PairSet(name=name or root.name, root=root, tile_ids=tile_ids, locations=locations,
                    ground_mean=np.stack(means), cache_record=next(iter(records.values()), {}),
-                   rgb_bands=tuple(rgb_bands) if rgb_bands else None, rejections=rejections)
+                   rgb_bands=tuple(rgb_bands) if rgb_bands else None, rejections=rejections,
+                   photo_pos=positions, photo_emb=embeddings, tile_sizes=sizes)
 
 
 # --------------------------------------------------------------------------- torch adaptors

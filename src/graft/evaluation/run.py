@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 
 from graft.config import ConfigError, StrictModel, load_config, validate
 from graft.evaluation import report as rep
-from graft.evaluation.alignment import alignment_score, cache_mismatch
+from graft.evaluation.alignment import alignment_score, cache_mismatch, native_crop_transform
 from graft.evaluation.datasets import (
     ALL_KINDS,
     MULTILABEL_KINDS,
@@ -249,9 +249,7 @@ def _load_set(b: BenchmarkEntry, seed: int):
         data.images = [data.images[i] for i in keep]
         data.masks = [data.masks[i] for i in keep]
     else:
-        data.tile_ids = [data.tile_ids[i] for i in keep]
-        data.locations = [data.locations[i] for i in keep]
-        data.ground_mean = data.ground_mean[keep]
+        data = data.subset(keep)
     return data
 
 
@@ -459,16 +457,27 @@ class _Run:
     # ----------------------------------------------------------------- alignment
 
     def alignment(self, b: BenchmarkEntry, data: PairSet, models: list[LoadedModel]) -> None:
-        seen: set[int] = set()
+        # Pairs are seen as in training: the centred crop of the model's input size at native resolution,
+        # paired with the photos inside it (benchmark sets are resized instead: their own protocol).
+        views: dict[int, PairSet] = {}
+        seen: dict[int, set[int]] = {}
         for model in models:
             why = cache_mismatch(data.cache_record, model.clip_record)
             if why:
                 self.report.notes.append(f"alignment {model.name} on {b.name}: ground embeddings were made with "
                                          f"another CLIP ({why}); mutual kNN still compares neighbourhoods")
-            feats = self.features(model, data, b.name)
-            self.record_failures(data, feats, seen, data.tile_ids)
+            size = int(model.preprocess_cfg["size"])
+            if size not in views:
+                views[size] = data.center_crop(size, data.rejections if not views else None)
+                seen[size] = set()
+            view = views[size]
+            loader = make_loader(view, native_crop_transform(model.preprocess_cfg), self.cfg.batch_size,
+                                 self.cfg.workers)
+            with self.report.timer(f"features/{b.name}"):
+                feats = extract_image_features(model.model, loader, self.device, desc=f"{b.name}: {model.name}")
+            self.record_failures(data, feats, seen[size], view.tile_ids)
             with self.report.timer(f"alignment/{b.name}"):
-                score = alignment_score(feats.features, data.ground_mean[feats.index], k=self.cfg.alignment_k)
+                score = alignment_score(feats.features, view.ground_mean[feats.index], k=self.cfg.alignment_k)
             self.report.add("alignment", b.name, model.name, f"mutual_knn@{self.cfg.alignment_k}", score)
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from graft.imagery import center_crop_offset, inside_crop
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -57,7 +59,7 @@ class Augment:
 
     @classmethod
     def center(cls, tile_size: int, size: int) -> Augment:
-        off = (tile_size - size) // 2
+        off = center_crop_offset(tile_size, size)
         return cls(off, off, size)
 
 
@@ -99,7 +101,7 @@ def transform_pixels(row, col, aug: Augment) -> tuple[np.ndarray, np.ndarray, np
     s = aug.size
     r = np.floor(np.asarray(row, dtype=np.float64)).astype(np.int64) - aug.top
     c = np.floor(np.asarray(col, dtype=np.float64)).astype(np.int64) - aug.left
-    inside = (r >= 0) & (r < s) & (c >= 0) & (c < s)
+    inside = inside_crop(row, col, aug.top, aug.left, s)
     if aug.hflip:
         c = s - 1 - c
     for _ in range(aug.k % 4):

@@ -481,7 +481,7 @@ class Trainer:
             log.warning("alignment skipped: %s", e)
             return None
         spec = StreamSpec(**{**self.stream.__dict__, "shards": shards, "split": self.cfg.train.alignment_split,
-                             "train": False, "rank": 0, "world_size": 1})
+                             "train": False, "rank": 0, "world_size": 1, "positives": "crop"})
         self.model.eval()
         sats, grounds = [], []
         for batch in BatchIterator(spec, 0)._it:
