@@ -114,15 +114,18 @@ def _world_bbox(world) -> list[float]:
 
 
 def write_heldout_sets(world, out: Path, size: int, allowed: np.ndarray, per_class: int, seg_tiles: int,
-                       seed: int) -> tuple[Path, Path]:
-    """Held-out tiles from the test blocks: an EuroSAT-layout ImageFolder and an image/mask segmentation set."""
+                       seed: int, min_purity: float = 0.9) -> tuple[Path, Path]:
+    """Held-out tiles from the test blocks: an EuroSAT-layout ImageFolder and an image/mask segmentation set.
+
+    A classification tile's label is the class covering at least ``min_purity`` of it.
+    """
     from graft.demo.world import cut_tile, sample_single_class_tiles
 
     cls_root, seg_root = out / "heldout", out / "heldout_seg"
     classes = list(world.classes)
     # EuroSAT layout: one folder per class; classnames.txt lists prompt names in sorted-folder order.
     folders = sorted(classes)
-    samples = sample_single_class_tiles(world, size, per_class, seed=seed, min_purity=0.9, allowed=allowed)
+    samples = sample_single_class_tiles(world, size, per_class, seed=seed, min_purity=min_purity, allowed=allowed)
     for i, s in enumerate(samples):
         rgb, _ = cut_tile(world, s.row, s.col, size)
         d = cls_root / classes[s.class_index]
@@ -160,6 +163,40 @@ def write_heldout_sets(world, out: Path, size: int, allowed: np.ndarray, per_cla
     return cls_root, seg_root
 
 
+def demo_build_config(world, out_dir: Path, filter_weights: Path, tile_size: int, block_km: float, seed: int):
+    """The demo's `graft build` config for ``world``: folder photos, the ResNet18 filter, tiles cut from its map."""
+    from graft.pipeline.build import BuildConfig
+
+    return validate(BuildConfig, {
+        "out_dir": str(out_dir),
+        "region": {"bbox": _world_bbox(world), "block_km": block_km},
+        "ground": {"kind": "folder", "folder": {"root": str(world.photos_dir)}, "max_per_tile": 25,
+                   "require_date": True, "short_side": world.config.photo_px},
+        "filter": {"kind": "resnet18-binary", "weights": str(filter_weights), "decision": "threshold",
+                   "threshold": 0.5, "image_size": 64},
+        "satellite": {"kind": "geotiff", "geotiff": {"paths": [str(world.map_path)],
+                                                     "gsd": world.config.gsd, "size": tile_size}},
+        "split": {"train": 0.7, "val": 0.1, "test": 0.2, "seed": seed},
+        "seed": seed,
+    }, source="demo build config")
+
+
+def demo_train_config(kind: str, run_dir: Path, teacher, dataset: Path, steps: int, batch_size: int, seed: int,
+                      **data: Any):
+    """The demo's `graft train` config (``data`` overrides keys of its data section, e.g. ``positives``)."""
+    from graft.training.config import TrainConfig
+
+    return validate(TrainConfig, {
+        "run_dir": str(run_dir),
+        "clip": teacher.model_dump(),
+        "model": {"kind": kind},
+        "optim": {"lr": 3e-4, "warmup_steps": max(steps // 10, 1), "weight_decay": 0.01},
+        "data": {"dataset": str(dataset), "batch_size": batch_size, "workers": 1, "shuffle_buffer": 64, **data},
+        "train": {"max_steps": steps, "ckpt_every": steps, "log_every": 25, "precision": "fp32",
+                  "seed": seed, "device": "cpu"},
+    }, source=f"demo {kind}-level training config")
+
+
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run the whole demo; returns the report dict (also written to ``out/report.json``)."""
     import torch
@@ -170,10 +207,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     from graft.evaluation.export import export_checkpoint
     from graft.evaluation.run import EvalConfig, evaluate
     from graft.models.clip_tower import load_clip
-    from graft.pipeline.build import BuildConfig, build_dataset
+    from graft.pipeline.build import build_dataset
     from graft.pipeline.embed import embed_dataset
     from graft.pipeline.indoor import train_binary_filter
-    from graft.training.config import TrainConfig
     from graft.training.trainer import train
 
     out = Path(out)
@@ -199,36 +235,16 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
         train_binary_filter(world.filter_train_dir, filt, epochs=plan.filter_epochs, batch_size=32,
                             image_size=64, lr=1e-3, init=None, seed=seed)
         bbox = _world_bbox(world)
-        build_cfg = validate(BuildConfig, {
-            "out_dir": str(out / "dataset"),
-            "region": {"bbox": bbox, "block_km": plan.block_km},
-            "ground": {"kind": "folder", "folder": {"root": str(world.photos_dir)}, "max_per_tile": 25,
-                       "require_date": True, "short_side": world.config.photo_px},
-            "filter": {"kind": "resnet18-binary", "weights": str(filt), "decision": "threshold",
-                       "threshold": 0.5, "image_size": 64},
-            "satellite": {"kind": "geotiff", "geotiff": {"paths": [str(world.map_path)],
-                                                         "gsd": world.config.gsd, "size": tile_size}},
-            "split": {"train": 0.7, "val": 0.1, "test": 0.2, "seed": seed},
-            "seed": seed,
-        }, source="demo build config")
-        build = build_dataset(build_cfg)
+        build = build_dataset(demo_build_config(world, out / "dataset", filt, tile_size, plan.block_km, seed))
 
     with stage("embed", "caching teacher embeddings of every kept ground photo"):
         embed_dataset(out / "dataset", teacher, batch_size=256, workers=2, device="cpu", force=False)
 
     runs = {}
     with stage("train", "training the image- and pixel-level satellite encoders (no text involved)"):
-        for kind, steps, lr in (("image", plan.image_steps, 3e-4), ("pixel", plan.pixel_steps, 3e-4)):
-            cfg = validate(TrainConfig, {
-                "run_dir": str(out / f"train-{kind}"),
-                "clip": teacher.model_dump(),
-                "model": {"kind": kind},
-                "optim": {"lr": lr, "warmup_steps": max(steps // 10, 1), "weight_decay": 0.01},
-                "data": {"dataset": str(out / "dataset"), "batch_size": plan.batch_size, "workers": 1,
-                         "shuffle_buffer": 64},
-                "train": {"max_steps": steps, "ckpt_every": steps, "log_every": 25, "precision": "fp32",
-                          "seed": seed, "device": "cpu"},
-            }, source=f"demo {kind}-level training config")
+        for kind, steps in (("image", plan.image_steps), ("pixel", plan.pixel_steps)):
+            cfg = demo_train_config(kind, out / f"train-{kind}", teacher, out / "dataset", steps, plan.batch_size,
+                                    seed)
             runs[kind] = train(cfg, resume="latest")
 
     with stage("eval", "evaluating on held-out geographic blocks, beside the teacher applied directly"):
