@@ -67,7 +67,7 @@ def run(ctx: BenchContext) -> GroupResult:
     )
     from graft.demo.teacher import train_teacher
     from graft.demo.world import CLASSES, WorldConfig, generate_world
-    from graft.evaluation.run import EvalConfig, evaluate
+    from graft.evaluation.run import evaluate
     from graft.models.clip_tower import load_clip
     from graft.pipeline.build import build_dataset
     from graft.pipeline.embed import embed_dataset
