@@ -172,7 +172,6 @@ def micro_batch_loss(forward, kind: str, images: torch.Tensor, start: int, info:
     def share(sg: StepGround, owner: torch.Tensor) -> float:
         return info.world_size * int(torch.unique(owner[owner >= 0]).numel()) / max(sg.n_sat, 1)
 
-    scaled = raw = None
     if kind == "image":
         o = image_set.owner_for(start, b)
         raw = image_level_loss(image, image_set.ground, o, t)
