@@ -104,6 +104,8 @@ def run(ctx: BenchContext) -> GroupResult:
         cfg = demo_train_config("image", work / f"train-{positives}", teacher, dataset, st["image_steps"],
                                 st["batch_size"], seed, positives=positives)
         runs[positives] = train(cfg)
+        if runs[positives].stopped_by:
+            raise RuntimeError(f"training was stopped by signal {runs[positives].stopped_by}; no figure")
 
     # How fine-grained the world is at this tile size: the mean share of a tile covered by its majority class.
     labels, half = world.labels, tile_size // 2

@@ -246,6 +246,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
             cfg = demo_train_config(kind, out / f"train-{kind}", teacher, out / "dataset", steps, plan.batch_size,
                                     seed)
             runs[kind] = train(cfg, resume="latest")
+            if runs[kind].stopped_by:
+                # SIGTERM/SIGUSR1 stopped training after a checkpoint: do not evaluate a half-trained model.
+                print(f"\ninterrupted; re-run the same command to resume (checkpoint: {runs[kind].checkpoint})")
+                raise SystemExit(128 + runs[kind].stopped_by)
 
     with stage("eval", "evaluating on held-out geographic blocks, beside the teacher applied directly"):
         allowed = _test_block_mask(world, out / "dataset", plan.block_km, bbox)

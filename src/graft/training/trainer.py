@@ -512,7 +512,11 @@ def _tb_writer(run_dir: Path):
 
 def train(cfg: TrainConfig, resume: str | None = None, live_ground: bool = False,
           stop_after: int | None = None) -> TrainSummary:
-    """Python API: set up (DDP if under torchrun), optionally resume, train."""
+    """Python API: set up (DDP if under torchrun), optionally resume, train.
+
+    SIGTERM/SIGUSR1 during training end it early after a checkpoint: the summary's ``stopped_by`` is
+    then the signal, and a caller must not treat the run as finished.
+    """
     info = D.setup(cfg.train.device)
     try:
         np.random.seed(cfg.train.seed)
