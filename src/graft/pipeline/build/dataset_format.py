@@ -1,7 +1,7 @@
 """What a build writes besides the shards: the manifest and tile-table schemas, and the part folders.
 
-The one place in the build that knows these names, so that the module owning the dataset format
-(issue 11, ``graft.dataset``) can take them over by moving this file.
+The one place in the build that knows these names: when the dataset format gets its own module,
+they move there as one piece.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ TILES_SCHEMA = pa.schema([
     ("transform", pa.list_(pa.float64())), ("size", pa.int32()), ("date", pa.date32()),
     ("n_photos", pa.int32()), ("tile_shard", pa.string()),
 ])
-
 
 
 def part_dir(out_dir: str | os.PathLike, partition: int) -> Path:
