@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +79,7 @@ class PartitionRun:
         """The random stream of one stage: seeded by the config seed and the partition, never by the run."""
         return np.random.default_rng(np.random.SeedSequence([self.cfg.seed, self.partition, stage]))
 
-    def stage(self, name: str) -> Any:
+    def stage(self, name: str) -> AbstractContextManager[None]:
         """Times a stage into ``timings[name]`` (seconds)."""
         return timed(self.timings, name)
 
