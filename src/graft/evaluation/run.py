@@ -25,8 +25,9 @@ import torch
 from pydantic import Field, model_validator
 
 from graft.config import ConfigError, StrictModel, load_config, validate
+from graft.dataset.embeddings import cache_spec_mismatch
 from graft.evaluation import report as rep
-from graft.evaluation.alignment import alignment_score, cache_mismatch
+from graft.evaluation.alignment import alignment_score
 from graft.evaluation.datasets import (
     ALL_KINDS,
     MULTILABEL_KINDS,
@@ -461,7 +462,7 @@ class _Run:
     def alignment(self, b: BenchmarkEntry, data: PairSet, models: list[LoadedModel]) -> None:
         seen: set[int] = set()
         for model in models:
-            why = cache_mismatch(data.cache_record, model.clip_record)
+            why = cache_spec_mismatch(data.cache_record, model.clip_record, portable=True)
             if why:
                 self.report.notes.append(f"alignment {model.name} on {b.name}: ground embeddings were made with "
                                          f"another CLIP ({why}); mutual kNN still compares neighbourhoods")

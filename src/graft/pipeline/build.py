@@ -48,8 +48,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from affine import Affine
 from pydantic import Field, field_validator, model_validator
@@ -58,16 +56,20 @@ from tqdm import tqdm
 
 from graft.config import ConfigError, StrictModel, dump_config, load_config
 from graft.credentials import redact
+from graft.dataset.layout import WRITTEN_DIRS, part_dir, shard_listing, shard_names
+from graft.dataset.manifest import concat_parts, read_part_stats, read_parts, write_manifest, write_part
+from graft.dataset.members import KEY_RE
+from graft.dataset.shards import photo_sample, tile_sample, write_samples
 from graft.geometry import TileGrid
 from graft.imagery import encode_geotiff
 from graft.pipeline.cover import PlannedTile, greedy_cover
 from graft.pipeline.indoor import IndoorFilter, IndoorFilterConfig
-from graft.pipeline.photos import PhotoRejected, PreparedPhoto, content_hash, prepare_photo
+from graft.pipeline.photos import PreparedPhoto, content_hash, prepare_photo
 from graft.pipeline.plots import plot_map, plot_photos_per_tile
 from graft.pipeline.region import Region, RegionConfig
-from graft.pipeline.shards import KEY_RE, json_bytes, shard_names, write_samples
 from graft.pipeline.split import SPLITS, SplitConfig, assign_splits
-from graft.sources.base import ChipRejected, GroundPhoto, Rejections, SatelliteChip, SatelliteSource
+from graft.rejections import PhotoRejected, Rejections
+from graft.sources.base import ChipRejected, GroundPhoto, SatelliteChip, SatelliteSource
 from graft.sources.earthengine import (
     EarthEngineConfig,
     NaipConfig,
@@ -78,7 +80,7 @@ from graft.sources.earthengine import (
 from graft.sources.flickr import FlickrConfig, FlickrSource
 from graft.sources.folder import FolderConfig, FolderSource
 from graft.sources.geotiff import GeoTiffConfig, GeoTiffSource
-from graft.storage import atomic_dir, atomic_path, atomic_write_json, atomic_write_text, clean_stale_temps
+from graft.storage import atomic_write_json, atomic_write_text, clean_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -345,11 +347,6 @@ class PartitionTask:
     split: str
     photos: list[GroundPhoto] = field(default_factory=list)  # folder source: photos of this block
     query_points: list[tuple[float, float]] = field(default_factory=list)  # flickr: (lat, lon) per search
-
-
-def part_dir(out_dir: str | os.PathLike, partition: int) -> Path:
-    """``OUT/parts/part-PPPPP``: the partition's manifest part, tile table and stats (its completion marker)."""
-    return Path(out_dir) / "parts" / f"part-{partition:05d}"
 
 
 def _utc(t: dt.datetime | None) -> dt.datetime | None:
@@ -640,13 +637,13 @@ def run_partition(cfg: BuildConfig, task: PartitionTask, satellite: SatelliteSou
                 }
                 manifest_rows.append(row)
                 entries.append({"photo_id": photo.photo_id, "row": r, "col": c})
-                photo_samples.append({"__key__": photo.photo_id, "jpg": pp.jpeg, "json": json_bytes(_plain(row))})
+                photo_samples.append(photo_sample(photo.photo_id, pp.jpeg, _plain(row)))
             meta = {
                 "tile_id": tile_id, "grid": chip.grid.to_json(), "bands": list(chip.bands),
                 "date": tile_date.isoformat() if tile_date else None,
                 "source": chip.source, "split": task.split, "photos": entries, "meta": chip.meta,
             }
-            tile_samples.append({"__key__": tile_id, "tif": chip.tif, "json": json_bytes(meta)})
+            tile_samples.append(tile_sample(tile_id, chip.tif, meta))
             tile_rows.append({"tile_id": tile_id, "partition": pid, "split": task.split, "crs": chip.grid.crs,
                               "transform": list(chip.grid.transform)[:6], "size": chip.grid.size,
                               "date": tile_date, "n_photos": len(entries), "tile_shard": tile_rel})
@@ -664,29 +661,10 @@ def run_partition(cfg: BuildConfig, task: PartitionTask, satellite: SatelliteSou
             "tile_rejections": dict(sorted(tile_rejections.items())), "timings": timings,
             "tile_shard": tile_rel, "photo_shard": photo_rel,
         }
-        with atomic_dir(part_dir(out, pid)) as tmp:
-            pq.write_table(pa.Table.from_pylist(manifest_rows, schema=MANIFEST_SCHEMA), tmp / "manifest.parquet")
-            pq.write_table(pa.Table.from_pylist(tile_rows, schema=TILES_SCHEMA), tmp / "tiles.parquet")
-            (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True, default=str) + "\n")
+        write_part(part_dir(out, pid), manifest_rows, tile_rows, stats)
     del tile_samples, photo_samples, chips, outdoor
     _release_free_heap()
     return stats
-
-
-MANIFEST_SCHEMA = pa.schema([
-    ("photo_id", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()),
-    ("taken_at", pa.timestamp("us", tz="UTC")), ("tile_id", pa.string()), ("row", pa.float64()),
-    ("col", pa.float64()), ("split", pa.string()), ("source", pa.string()), ("license", pa.string()),
-    ("owner", pa.string()), ("outdoor_score", pa.float32()), ("tile_shard", pa.string()),
-    ("photo_shard", pa.string()), ("tile_crs", pa.string()), ("tile_date", pa.date32()),
-    ("partition", pa.int32()),
-])
-
-TILES_SCHEMA = pa.schema([
-    ("tile_id", pa.string()), ("partition", pa.int32()), ("split", pa.string()), ("crs", pa.string()),
-    ("transform", pa.list_(pa.float64())), ("size", pa.int32()), ("date", pa.date32()),
-    ("n_photos", pa.int32()), ("tile_shard", pa.string()),
-])
 
 
 # ---------------------------------------------------------------- planning (driver)
@@ -847,35 +825,18 @@ def _run_ray(cfg: BuildConfig, tasks: list[PartitionTask], workers: int | None,
 # ---------------------------------------------------------------- finalize
 
 
-def _read_parts(out: Path, wanted: dict[int, str]) -> tuple[list[dict], list[pa.Table], list[pa.Table], list[int]]:
-    stats, manifests, tiles, stale = [], [], [], []
-    for d in sorted((out / "parts").glob("part-*")):
-        if not d.is_dir() or not (d / "stats.json").is_file():
-            continue
-        pid = int(d.name.split("-", 1)[1])
-        if pid not in wanted:
-            stale.append(pid)
-            continue
-        stats.append(json.loads((d / "stats.json").read_text()))
-        manifests.append(pq.read_table(d / "manifest.parquet", schema=MANIFEST_SCHEMA))
-        tiles.append(pq.read_table(d / "tiles.parquet", schema=TILES_SCHEMA))
-    return stats, manifests, tiles, stale
-
-
 def finalize(cfg: BuildConfig, plan: Plan, run_info: dict) -> dict:
     """Concatenate the parts into manifest.parquet and write stats.json, the plots and build_config.yaml."""
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     wanted = {t.partition: t.split for t in plan.tasks}
-    part_stats, manifests, tiles, stale = _read_parts(out, wanted)
+    part_stats, manifests, tiles, stale = read_parts(out, wanted)
     if stale:
         log.warning("%d part folder(s) under %s/parts belong to no partition of this config (e.g. part-%05d); "
                     "they are left out of the manifest", len(stale), out, stale[0])
 
-    manifest = pa.concat_tables(manifests) if manifests else MANIFEST_SCHEMA.empty_table()
-    tile_table = pa.concat_tables(tiles) if tiles else TILES_SCHEMA.empty_table()
-    with atomic_path(out / "manifest.parquet") as tmp:
-        pq.write_table(manifest, tmp)
+    manifest, tile_table = concat_parts(manifests, tiles)
+    write_manifest(out, manifest)
 
     ledger = Rejections()
     ledger.merge(plan.ledger)
@@ -982,7 +943,7 @@ class BuildSummary:
         lines.append("")
         for name in ("manifest.parquet", "stats.json", "map.png", "photos_per_tile.png", "build_config.yaml"):
             lines.append(f"  {self.out_dir / name}")
-        lines.append(f"  {self.out_dir / 'tiles'}/tiles-*.tar, {self.out_dir / 'photos'}/photos-*.tar")
+        lines.append(f"  {shard_listing(self.out_dir)}")
         return "\n".join(lines)
 
 
@@ -992,9 +953,9 @@ def _check_existing(out: Path, cfg: BuildConfig, tasks: list[PartitionTask]) -> 
     fp = cfg.fingerprint()
     for t in tasks:
         d = part_dir(out, t.partition)
-        if not (d / "stats.json").is_file():
+        st = read_part_stats(d)
+        if st is None:
             continue
-        st = json.loads((d / "stats.json").read_text())
         if st.get("config_fingerprint") != fp:
             raise ConfigError(
                 f"{d} was built with a different config (fingerprint {st.get('config_fingerprint')}, now {fp}); "
@@ -1030,7 +991,7 @@ def build_dataset(cfg: BuildConfig, distributor: str = "local", workers: int | N
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for sub in ("", "parts", "tiles", "photos"):
+    for sub in WRITTEN_DIRS:
         clean_stale_temps(out / sub)
 
     # Fail on credentials, weights and the region before any photo is touched.

@@ -45,7 +45,7 @@ from pydantic import Field, model_validator
 
 from graft.config import StrictModel
 from graft.models.clip_tower import ClipBundle, ClipSpec, FrozenClipTower, load_clip
-from graft.sources.base import Rejections
+from graft.rejections import Rejections
 from graft.storage import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
