@@ -20,12 +20,12 @@ from PIL import Image
 
 from graft.cli import main as graft_main
 from graft.config import ConfigError, validate
+from graft.dataset.members import KEY_RE
 from graft.geometry import haversine_m
 from graft.pipeline.build import BuildConfig, build_dataset, load_build_config, plan_build, run_partition
 from graft.pipeline.indoor import IndoorFilter
 from graft.pipeline.photos import prepare_photo
 from graft.pipeline.region import Region, RegionConfig, read_polygon
-from graft.pipeline.shards import KEY_RE
 from graft.pipeline.split import SplitConfig, assign_splits, split_counts
 from graft.sources.base import ChipRejected, GroundPhoto
 from graft.sources.geotiff import GeoTiffSource

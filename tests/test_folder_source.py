@@ -18,8 +18,7 @@ from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
 from graft.config import ConfigError, validate
-from graft.pipeline.photos import PhotoRejected
-from graft.sources.base import Rejections
+from graft.rejections import PhotoRejected, Rejections
 from graft.sources.folder import FolderConfig, FolderSource, photo_id_for
 
 GPS = ExifTags.GPS
