@@ -9,24 +9,28 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from graft.evaluation.datasets.base import ImageReadError
+from graft.evaluation.datasets.base import EvalSet, ImageReadError
 from graft.evaluation.datasets.imagefolder import ClassificationSet
 from graft.evaluation.datasets.segmentation import SegmentationSet
 
 
-class ImageTensorDataset:
-    """Torch dataset over any set with ``read_rgb(i)``: yields ``(tensor, index, failure)``.
+class _TransformedSet:
+    """A benchmark set seen through an image transform (the torch adaptors below add ``__getitem__``)."""
 
-    A failing image yields ``(None, index, (reason, detail))`` instead of raising, so one bad file
-    does not kill a DataLoader worker; :func:`collate_images` separates the failures.
-    """
-
-    def __init__(self, source: Any, transform: Callable[[Image.Image], Any]):
+    def __init__(self, source: EvalSet, transform: Callable[[Image.Image], Any]):
         self.source = source
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.source)
+
+
+class ImageTensorDataset(_TransformedSet):
+    """Torch dataset over any set with ``read_rgb(i)``: yields ``(tensor, index, failure)``.
+
+    A failing image yields ``(None, index, (reason, detail))`` instead of raising, so one bad file
+    does not kill a DataLoader worker; :func:`collate_images` separates the failures.
+    """
 
     def __getitem__(self, i: int):
         try:
@@ -35,30 +39,20 @@ class ImageTensorDataset:
             return None, i, (e.reason, e.detail)
 
 
-class LabelledTensorDataset:
+class LabelledTensorDataset(_TransformedSet):
     """Torch dataset yielding ``(tensor, target)`` like torchvision's ImageFolder, for CLIP_benchmark-style
     loops (:func:`graft.evaluation.zeroshot.evaluate_zeroshot`). A bad image raises :class:`ImageReadError`."""
 
-    def __init__(self, source: ClassificationSet, transform: Callable[[Image.Image], Any]):
-        self.source = source
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.source)
+    source: ClassificationSet
 
     def __getitem__(self, i: int):
         return self.transform(Image.fromarray(self.source.read_rgb(i))), self.source.targets[i]
 
 
-class SegmentationTensorDataset:
+class SegmentationTensorDataset(_TransformedSet):
     """Yields ``(tensor, mask, index, failure)``; images are resized (not cropped) so the mask stays aligned."""
 
-    def __init__(self, source: SegmentationSet, transform: Callable[[Image.Image], Any]):
-        self.source = source
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.source)
+    source: SegmentationSet
 
     def __getitem__(self, i: int):
         try:
