@@ -245,3 +245,19 @@ def test_graft_pairs(tmp_path):
     assert len(train) == 2 and train.rejections.counts == {"no_ground_embeddings": 1}
     with pytest.raises(ds.DatasetNotFoundError, match="graft embed"):
         ds.load_benchmark("graft_pairs", root, pairs_split="val")
+
+
+def test_every_set_subsets_its_items_in_step(tmp_path):
+    embs = make_graft_dataset(tmp_path / "dataset")
+    pairs = ds.load_benchmark("graft_pairs", tmp_path / "dataset", pairs_split="test")
+    seg = ds.load_segmentation(make_segmentation(tmp_path / "seg", n=3))
+    for data, keep in ((pairs, [5, 1]), (seg, [2, 0])):
+        assert isinstance(data, ds.EvalSet)
+        sub = data.subset(keep)
+        assert len(sub) == 2 and len(data) > 2 and sub.rejections is data.rejections
+        for i, j in enumerate(keep):
+            np.testing.assert_array_equal(sub.read_rgb(i), data.read_rgb(j))
+    sub = pairs.subset([5, 1])
+    assert sub.tile_ids == [pairs.tile_ids[5], pairs.tile_ids[1]] and set(sub.tile_ids) <= set(embs)
+    np.testing.assert_array_equal(sub.ground_mean, pairs.ground_mean[[5, 1]])
+    assert seg.subset([2, 0]).masks == [seg.masks[2], seg.masks[0]]

@@ -244,16 +244,7 @@ def _load_set(b: BenchmarkEntry, seed: int):
     if not b.max_images or b.max_images >= len(data):
         return data
     keep = np.sort(np.random.default_rng(seed).choice(len(data), b.max_images, replace=False))
-    if isinstance(data, ClassificationSet):
-        return data.subset(keep)
-    if isinstance(data, SegmentationSet):
-        data.images = [data.images[i] for i in keep]
-        data.masks = [data.masks[i] for i in keep]
-    else:
-        data.tile_ids = [data.tile_ids[i] for i in keep]
-        data.locations = [data.locations[i] for i in keep]
-        data.ground_mean = data.ground_mean[keep]
-    return data
+    return data.subset(keep)
 
 
 def _template_sets(b: BenchmarkEntry, data: Any, cfg: EvalConfig) -> dict[str, list[str]]:
