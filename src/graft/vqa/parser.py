@@ -27,8 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from graft.vqa.program import Program, ProgramError, parse_program
 from graft.vqa.primitives import SHAPES, SIZES
+from graft.vqa.program import Program, ProgramError, parse_program
 
 _SIZE_WORDS = {**{s: s for s in SIZES}, "big": "large"}
 _SHAPE_WORDS = {**{s: s for s in SHAPES}, "round": "circular"}
