@@ -92,14 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
 
     p = sub.add_parser("vqa", help="answer a question about one satellite image with the pixel-level model",
-                       description="Turn QUESTION into a small program (RSVQA's templates, or an OpenAI-compatible "
-                       "chat endpoint with --chat-url), validate it, and run it on IMAGE with the model's "
-                       "pixel-level concept maps: exists / count (connected regions) / area (pixels x GSD^2) / "
-                       "comparisons. Prints the program, the answer and the regions found per concept.",
-                       epilog="Examples: graft vqa tile.tif 'Is there a water area?' --model runs/s2-pixel ; "
-                       "graft vqa tile.png 'How many buildings are there?' --model runs/export --gsd 0.3 ; "
-                       "graft vqa tile.tif 'Are there more roads than buildings?' --model runs/s2-pixel "
-                       "--chat-url http://127.0.0.1:8000/v1 --chat-model qwen2.5-7b-instruct")
+                       description="Turn QUESTION into a small JSON program (RSVQA's question templates, or an\n"
+                       "OpenAI-compatible chat endpoint with --chat-url), validate it, and run it on IMAGE with the\n"
+                       "model's pixel-level concept maps: exists, count (connected regions), area (pixels x GSD^2),\n"
+                       "comparisons. Prints the program, the answer and the regions found for each concept.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                       "  graft vqa tile.tif 'Is there a water area?' --model runs/s2-pixel\n"
+                       "  graft vqa tile.png 'How many buildings are there?' --model runs/naip-pixel-export --gsd 0.6\n"
+                       "  graft vqa tile.tif 'Are there more roads than buildings?' --model runs/s2-pixel \\\n"
+                       "      --chat-url http://127.0.0.1:11434/v1 --chat-model qwen2.5:7b-instruct")
     p.add_argument("image", help="the image: GeoTIFF (its GSD is read from the georeference), PNG or JPEG")
     p.add_argument("question", help="e.g. 'Is there a road?', 'How many buildings are there?', "
                    "'What is the area covered by water areas?', 'Are there more roads than buildings?'")

@@ -168,6 +168,8 @@ def run_vqa_command(args) -> int:
     from graft.evaluation.run import resolve_device
 
     device = resolve_device(args.device)
+    if args.chat_url and not args.chat_model:
+        raise ConfigError("--chat-url needs --chat-model (the name of the model served there)")
     settings = validate(VqaSettings, {
         "writer": "chat" if args.chat_url else "rsvqa_parser",
         "chat": {"url": args.chat_url, "model": args.chat_model or "", "api_key_env": args.chat_key_env}
