@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
@@ -273,16 +274,27 @@ def load_models(cfg: EvalConfig, device: str) -> list[LoadedModel]:
     return [m.to(device) for m in out]
 
 
-def _load_set(b: BenchmarkEntry, seed: int):
-    if b.type == "rsvqa":  # an application's benchmark: its loader lives beside evaluation, in graft.vqa
-        from graft.vqa.rsvqa import load_rsvqa
+# Benchmark types that applications beside evaluation provide (graft.vqa's "rsvqa"). They are found
+# through the "graft.benchmarks" entry points, because the applications import evaluation and never the
+# other way round; another package can add a benchmark type the same way. An entry point names an object
+# with ``load(entry, seed)`` (the data set) and ``run(eval_run, entry, data, models)`` (adds report rows).
+APP_BENCHMARK_GROUP = "graft.benchmarks"
+APP_BENCHMARK_TYPES = ("rsvqa",)
 
-        vqa_set = load_rsvqa(b.root, b.name, b.eval_split, b.rsvqa_variant, b.gsd)
-        ids = sorted(vqa_set.images)
-        if b.max_images and b.max_images < len(ids):
-            keep = np.random.default_rng(seed).choice(len(ids), b.max_images, replace=False)
-            vqa_set = vqa_set.subset_images([ids[i] for i in sorted(keep)])
-        return vqa_set
+
+def app_benchmark(type_name: str) -> Any:
+    """The application that provides benchmark type ``type_name``, from the ``graft.benchmarks`` entry points."""
+    for ep in entry_points(group=APP_BENCHMARK_GROUP):
+        if ep.name == type_name:
+            return ep.load()
+    raise ConfigError(f"benchmark type {type_name!r} is provided by an application package registered under the "
+                      f"{APP_BENCHMARK_GROUP!r} entry points, and none is installed: reinstall graft "
+                      "(pip install -e .) so its entry points are registered")
+
+
+def _load_set(b: BenchmarkEntry, seed: int):
+    if b.type in APP_BENCHMARK_TYPES:
+        return app_benchmark(b.type).load(b, seed)
     data = load_benchmark(b.type, b.root, name=b.name, classnames=b.classnames, rgb_bands=b.rgb_bands,
                           split_files=b.splits, csv_name=b.csv, pairs_split=b.pairs_split)
     if not b.max_images or b.max_images >= len(data):
@@ -554,10 +566,8 @@ def evaluate(cfg: EvalConfig | dict[str, Any]) -> dict[str, Any]:
             run.classification(b, data, models)
         elif isinstance(data, SegmentationSet):
             run.segmentation(b, data, models)
-        elif b.type == "rsvqa":
-            from graft.vqa.run import run_vqa_benchmark
-
-            run_vqa_benchmark(run, b, data, models)
+        elif b.type in APP_BENCHMARK_TYPES:
+            app_benchmark(b.type).run(run, b, data, models)
         else:
             run.alignment(b, data, models)
         report.rejections[b.name] = data.rejections.to_json()

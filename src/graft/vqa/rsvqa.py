@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from graft.evaluation.datasets import DatasetNotFoundError, read_rgb
-from graft.sources.base import Rejections
+from graft.rejections import Rejections
 from graft.storage import atomic_write_json
 
 QUESTION_TYPES = ("presence", "comp", "count", "area", "rural_urban")

@@ -29,7 +29,7 @@ from graft.vqa.chat_writer import ChatProgramWriter, ChatWriterConfig
 from graft.vqa.parser import parse_question
 from graft.vqa.primitives import DEFAULT_BACKGROUND, ConceptEncoder, PrimitiveSettings, Scene
 from graft.vqa.program import Program, ProgramError, run_program
-from graft.vqa.rsvqa import RsvqaSet, format_answer, score
+from graft.vqa.rsvqa import RsvqaSet, format_answer, load_rsvqa, score
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,26 @@ def run_vqa_benchmark(run: Any, b: Any, data: RsvqaSet, models: list[LoadedModel
         metrics = score(types, correct)
         metrics.update(parsed_share=parsed_share, questions=float(len(types)))
         run.report.add_metrics("vqa", b.name, model.name, metrics)
+
+
+def load_rsvqa_benchmark(b: Any, seed: int) -> RsvqaSet:
+    """The RSVQA set of a ``graft eval`` benchmark entry, cut to ``max_images`` images (seeded)."""
+    vqa_set = load_rsvqa(b.root, b.name, b.eval_split, b.rsvqa_variant, b.gsd)
+    ids = sorted(vqa_set.images)
+    if b.max_images and b.max_images < len(ids):
+        keep = np.random.default_rng(seed).choice(len(ids), b.max_images, replace=False)
+        vqa_set = vqa_set.subset_images([ids[i] for i in sorted(keep)])
+    return vqa_set
+
+
+class _RsvqaBenchmark:
+    """The ``rsvqa`` benchmark type of ``graft eval`` (registered as a ``graft.benchmarks`` entry point)."""
+
+    load = staticmethod(load_rsvqa_benchmark)
+    run = staticmethod(run_vqa_benchmark)
+
+
+RSVQA_BENCHMARK = _RsvqaBenchmark()
 
 
 # --------------------------------------------------------------------------- graft vqa (one image)
