@@ -29,6 +29,8 @@ class PartitionTask:
     split: str
     photos: list[GroundPhoto] = field(default_factory=list)  # folder source: photos of this block
     query_points: list[tuple[float, float]] = field(default_factory=list)  # flickr: (lat, lon) per search
+    # Splits of the planned blocks a tile of this partition could reach (the split guard's input).
+    neighbour_splits: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
