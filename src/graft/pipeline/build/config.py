@@ -82,7 +82,9 @@ class SatelliteConfig(StrictModel):
     tile's chip is the scene nearest the tile's median photo date).
 
     A chip the source rejects for what the data is (``outside_coverage``,
-    ``cloudy_chip``, ``nodata``...) drops its photos as ``tile_<reason>``. A
+    ``cloudy_chip``, ``nodata``, an Earth Engine error that recurs for that request on every try:
+    ``ee_missing_band``, ``ee_asset_not_found``, ``ee_memory_limit``, ``ee_request_too_large``...)
+    drops its photos as ``tile_<reason>``. A
     chip that could not be fetched after the source's retries
     (``fetch_failed:*``, an outage) fails the partition by default
     (``on_fetch_failure: retry_partition``) so that the next run retries it
