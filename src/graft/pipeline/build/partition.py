@@ -22,10 +22,11 @@ from graft.pipeline.cover import CoverResult, PlannedTile, greedy_cover
 from graft.pipeline.photos import PhotoRejected, PreparedPhoto, prepare_photo
 from graft.pipeline.shards import KEY_RE
 from graft.sources.base import SatelliteSource
+from graft.sources.retry import RateLimiter
 
 
 def run_partition(cfg: BuildConfig, task: PartitionTask, satellite: SatelliteSource | None = None,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, query_limiter: RateLimiter | None = None) -> dict:
     """Process one partition end to end and write its outputs atomically; returns its stats.
 
     Args:
@@ -33,10 +34,13 @@ def run_partition(cfg: BuildConfig, task: PartitionTask, satellite: SatelliteSou
         task: the partition's id, split and input (photos or query points).
         satellite: a satellite source to use instead of the configured one (custom sources, tests).
         progress: show a bar over this partition's tile fetches.
+        query_limiter: the rate limiter of the ground source's queries when several processes share
+            one quota (a Ray build); None: the source's own, per process.
     """
     t_start = time.perf_counter()
     resources.limit_gdal_cache(cfg.gdal_cache_mb)
     run = PartitionRun(cfg=cfg, task=task, progress=progress, pool=resources.io_pool(cfg.fetch_workers),
+                       query_limiter=query_limiter,
                        satellite=satellite if satellite is not None else resources.satellite(cfg.satellite))
     stats = _run_stages(run, t_start)  # its photos, chips and shards are freed when it returns
     resources.release_free_heap()
