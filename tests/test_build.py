@@ -220,7 +220,7 @@ def test_ray_workers_share_one_flickr_quota(base, tmp_path, monkeypatch):
     monkeypatch.setenv("FLICKR_API_SECRET", "quota-test-secret")
     catalogue = make_catalogue(300, lat=45.03, lon=9.04, spread_km=3.0, start=dt.date(2020, 1, 1),
                                end=dt.date(2020, 12, 31), seed=2)
-    per_hour, burst = 14_400.0, 10  # 4 requests a second after the bucket's burst of 10
+    per_hour, burst = 7_200.0, 10  # 2 requests a second after the bucket's burst of 10
     with FlickrServer(catalogue) as server:
         cfg = validate(BuildConfig, build_config(base.world, tmp_path / "ds", **{
             "ground": {"kind": "flickr", "n_points": 30, "seed": 1, "short_side": 64,
