@@ -3,9 +3,9 @@
 Both yield one result per partition as it ends, ``{"ok": True, "stats": ...}`` or
 ``{"ok": False, "partition", "error", "traceback"}``: a failed partition never stops the others.
 
-Under Ray, one Flickr quota serves the whole build: a Ray actor holds the token bucket
-(``ground.flickr.queries_per_hour``) and every worker's searches reserve their tokens from it, so
-64 workers on one key send what one process would, not 64 times that.
+Under Ray, one request quota serves the whole build (Flickr: ``ground.flickr.queries_per_hour``): a
+Ray actor holds the token bucket and every worker's searches reserve their tokens from it, so 64
+workers on one key send what one process would, not 64 times that.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from graft.config import ConfigError
 from graft.credentials import redact
 from graft.pipeline.build.config import BuildConfig
+from graft.pipeline.build.grounds import ground_kind
 from graft.pipeline.build.partition import run_partition
 from graft.pipeline.build.records import PartitionTask
 from graft.sources.base import SatelliteSource
@@ -66,7 +67,7 @@ def run_ray(cfg: BuildConfig, tasks: list[PartitionTask], workers: int | None,
         remote = ray.remote(num_cpus=1, max_retries=0)(_partition_entry)
         cfg_ref = ray.put(cfg)
         sat_ref = ray.put(satellite)
-        limiter = _shared_flickr_quota(ray, cfg)
+        limiter = _shared_query_quota(ray, cfg)
         limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) * 2)
         pending: list = []
         queue = list(tasks)
@@ -108,9 +109,10 @@ class SharedQuota:
             time.sleep(wait)
 
 
-def _shared_flickr_quota(ray: object, cfg: BuildConfig) -> SharedQuota | None:
-    """The build's quota actor (Flickr builds only); it takes no CPU and lives as long as the driver's job."""
-    if cfg.ground.kind != "flickr" or cfg.ground.flickr is None:
+def _shared_query_quota(ray: object, cfg: BuildConfig) -> SharedQuota | None:
+    """The build's quota actor, for a ground source with a request quota (Flickr); it takes no CPU
+    and lives as long as the driver's job."""
+    rate = ground_kind(cfg).queries_per_hour(cfg)
+    if rate is None:
         return None
-    actor = ray.remote(num_cpus=0)(_QuotaKeeper).remote(cfg.ground.flickr.queries_per_hour)
-    return SharedQuota(actor)
+    return SharedQuota(ray.remote(num_cpus=0)(_QuotaKeeper).remote(rate))

@@ -83,6 +83,9 @@ class FlickrGround(GroundKind):
 
         return [PhotoRecord(p, loader(p)) for p in mine]
 
+    def queries_per_hour(self, cfg: BuildConfig) -> float | None:
+        return cfg.ground.flickr.queries_per_hour
+
     def photos_seen(self, counts: Counter, kept: int, rejected: int) -> int:
         return kept + rejected  # searches return photos, so what was seen is what was kept or rejected
 
