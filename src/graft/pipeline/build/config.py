@@ -146,6 +146,9 @@ class BuildConfig(StrictModel):
     filter: IndoorFilterConfig = Field(default_factory=IndoorFilterConfig)
     satellite: SatelliteConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
+    shard_max_tiles: int = Field(
+        1000, ge=1, description="tiles per shard at most: a large block is written as several shards, so "
+        "training can interleave shards of many blocks and spread them over ranks x loader workers")
     fetch_workers: int = Field(16, ge=1)
     gdal_cache_mb: int = Field(
         128, ge=8, description="GDAL's raster block cache per build process (MB). GDAL's default is 5% of RAM, "
