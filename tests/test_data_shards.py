@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from types import SimpleNamespace
+from dataclasses import replace
 
 import pytest
 from helpers_data import make_dataset, tiny_clip_spec
@@ -26,11 +26,9 @@ def _spec(shards: list[str], **kw) -> StreamSpec:
 
 
 def _read(monkeypatch, spec: StreamSpec, epoch: int, worker: int, workers: int) -> list[tuple[str, str]]:
-    """(tile id, shard) of what one loader worker of one rank reads in an epoch, in order."""
-    monkeypatch.setattr("graft.training.data.get_worker_info",
-                        lambda: SimpleNamespace(id=worker, num_workers=workers))
-    stream = TileStream(spec, epoch)
-    return [(item["meta"]["tile_id"], item["meta"]["tile_id"][:7]) for item in stream._samples()]
+    """(tile id, shard) of what one loader worker of one rank reads in an epoch, in order (no shuffle buffer)."""
+    stream = TileStream(replace(spec, shuffle_buffer=0), epoch)
+    return [(item["meta"]["tile_id"], item["meta"]["tile_id"][:7]) for item in stream.items(worker, workers)]
 
 
 @pytest.mark.parametrize(("ranks", "workers"), [(4, 2), (1, 2), (2, 1)])

@@ -106,7 +106,7 @@ class TileStream(IterableDataset):
         super().__init__()
         self.spec, self.epoch = spec, epoch
 
-    def _my_shards(self) -> list[tuple[str, int, int]]:
+    def _my_shards(self, worker: int, workers: int) -> list[tuple[str, int, int]]:
         """This worker's ``(shard, stride, offset)`` reads of the epoch: it keeps a shard's samples
         ``offset, offset + stride, ...`` (counted among the samples of the split).
 
@@ -116,9 +116,7 @@ class TileStream(IterableDataset):
         exactly once an epoch either way and no reader reads every shard.
         """
         s = self.spec
-        info = get_worker_info()
-        nw, wid = (info.num_workers, info.id) if info else (1, 0)
-        slots, slot = s.world_size * nw, s.rank * nw + wid
+        slots, slot = s.world_size * workers, s.rank * workers + worker
         shards = list(s.shards)
         if s.train:
             random.Random(f"{s.seed}/{self.epoch}").shuffle(shards)
@@ -130,14 +128,13 @@ class TileStream(IterableDataset):
         sharing = len(range(slot % n, slots, n))  # readers dealt the same shard as this one
         return [(shards[slot % n], sharing, slot // n)]
 
-    def _samples(self) -> Iterator[dict[str, Any]]:
+    def _samples(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         """This worker's samples, reading up to ``spec.interleave`` shards at once (training)
         and taking the next sample from one of them at random (seeded), so a batch mixes blocks."""
         s = self.spec
-        info = get_worker_info()
-        reads = self._my_shards()
+        reads = self._my_shards(worker, workers)
         width = max(1, s.interleave) if s.train else 1
-        rng = random.Random(f"{s.seed}/{self.epoch}/{s.rank}/{info.id if info else 0}/interleave")
+        rng = random.Random(f"{s.seed}/{self.epoch}/{s.rank}/{worker}/interleave")
         open_reads: list[Iterator[dict[str, Any]]] = []
         pending = list(reads)
         while pending or open_reads:
@@ -165,9 +162,18 @@ class TileStream(IterableDataset):
                 continue
             yield {"sample": sample, "meta": meta, "photos": photos}
 
-    def _shuffled(self, rng: random.Random) -> Iterator[dict[str, Any]]:
+    def items(self, worker: int = 0, workers: int = 1) -> Iterator[dict[str, Any]]:
+        """What loader worker ``worker`` of ``workers`` (of this rank) reads in the epoch, in the order
+        it batches them, before decoding: ``{"sample", "meta", "photos"}`` per tile."""
+        return self._shuffled(random.Random(self._key(worker)), worker, workers)
+
+    def _key(self, worker: int) -> str:
+        s = self.spec
+        return f"{s.seed}/{self.epoch}/{s.rank}/{worker}"
+
+    def _shuffled(self, rng: random.Random, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         buf: list[dict[str, Any]] = []
-        for item in self._samples():
+        for item in self._samples(worker, workers):
             if not self.spec.train or self.spec.shuffle_buffer <= 1:
                 yield item
                 continue
@@ -215,11 +221,10 @@ class TileStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         s = self.spec
         info = get_worker_info()
-        wid = info.id if info else 0
-        key = f"{s.seed}/{self.epoch}/{s.rank}/{wid}"
-        rng = random.Random(key)
+        wid, workers = (info.id, info.num_workers) if info else (0, 1)
+        key = self._key(wid)
         batch: list[dict[str, Any]] = []
-        for i, item in enumerate(self._shuffled(rng)):
+        for i, item in enumerate(self.items(wid, workers)):
             # One generator per sample: augmentations do not depend on worker count or timing.
             sample_rng = np.random.default_rng(_seed(key, i))
             batch.append(self._decode(item, sample_rng))
