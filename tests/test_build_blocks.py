@@ -5,9 +5,10 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 from affine import Affine
-from helpers_build import build_config, make_world
+from helpers_build import build_config, make_world, shared_dataset
 
 from graft.config import validate
+from graft.dataset.shards import iter_tiles_with_photos
 from graft.geometry import TileGrid
 from graft.pipeline.build import BuildConfig, build_dataset
 from graft.pipeline.region import Region
@@ -41,3 +42,26 @@ def test_no_train_tile_footprint_overlaps_a_val_or_test_footprint(tmp_path):
     for i, (s, f) in enumerate(held_out):
         for t, g in held_out[i + 1:]:
             assert s == t or f.intersection(g).area == 0, "a val tile overlaps a test tile"
+
+
+def test_shard_max_tiles_writes_several_aligned_shards_per_block(tmp_path, tmp_path_factory):
+    base = shared_dataset(tmp_path_factory)
+    cfg = validate(BuildConfig, build_config(base.world, tmp_path / "ds", shard_max_tiles=2))
+    build_dataset(cfg)
+    manifest = pq.read_table(tmp_path / "ds" / "manifest.parquet").to_pylist()
+    by_part: dict[int, set[str]] = {}
+    for r in manifest:
+        by_part.setdefault(r["partition"], set()).add(r["tile_shard"])
+    assert max(len(v) for v in by_part.values()) >= 2, "no partition was split into several shards"
+    shard_of_tile = {r["tile_id"]: r["tile_shard"] for r in manifest}
+    n_tiles = 0
+    for shard in sorted({r["tile_shard"] for r in manifest}):
+        tiles = list(iter_tiles_with_photos(tmp_path / "ds" / shard))  # raises if the photo shard is misaligned
+        assert 1 <= len(tiles) <= 2
+        for _, record, images in tiles:
+            assert shard_of_tile[record["tile_id"]] == shard and len(images) == len(record["photos"])
+        n_tiles += len(tiles)
+    assert n_tiles == len(shard_of_tile)
+    # The same photos and tiles as the build with one shard per block.
+    assert sorted((r["photo_id"], r["tile_id"]) for r in manifest) == sorted(
+        (r["photo_id"], r["tile_id"]) for r in pq.read_table(f"{base.cfg.out_dir}/manifest.parquet").to_pylist())
