@@ -42,6 +42,7 @@ class DataSection(StrictModel):
     batch_size: int = Field(32, ge=1)  # per rank, per micro-step
     workers: int = Field(2, ge=0)
     shuffle_buffer: int = Field(256, ge=0)
+    shards_per_worker: int = Field(4, ge=1)  # shards a loader worker interleaves, so a batch mixes blocks
     prefetch_factor: int = Field(2, ge=1)
     flips: bool = True
     rot90: bool = True

@@ -82,7 +82,9 @@ class SatelliteConfig(StrictModel):
     tile's chip is the scene nearest the tile's median photo date).
 
     A chip the source rejects for what the data is (``outside_coverage``,
-    ``cloudy_chip``, ``nodata``...) drops its photos as ``tile_<reason>``. A
+    ``cloudy_chip``, ``nodata``, an Earth Engine error that recurs for that request on every try:
+    ``ee_missing_band``, ``ee_asset_not_found``, ``ee_memory_limit``, ``ee_request_too_large``...)
+    drops its photos as ``tile_<reason>``. A
     chip that could not be fetched after the source's retries
     (``fetch_failed:*``, an outage) fails the partition by default
     (``on_fetch_failure: retry_partition``) so that the next run retries it
@@ -144,6 +146,9 @@ class BuildConfig(StrictModel):
     filter: IndoorFilterConfig = Field(default_factory=IndoorFilterConfig)
     satellite: SatelliteConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
+    shard_max_tiles: int = Field(
+        1000, ge=1, description="tiles per shard at most: a large block is written as several shards, so "
+        "training can interleave shards of many blocks and spread them over ranks x loader workers")
     fetch_workers: int = Field(16, ge=1)
     gdal_cache_mb: int = Field(
         128, ge=8, description="GDAL's raster block cache per build process (MB). GDAL's default is 5% of RAM, "
