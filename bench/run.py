@@ -2,7 +2,7 @@
 
 Writes ``bench/results.json`` and ``bench/results.md`` (``--quick`` writes to
 ``runs/bench/quick/`` instead, so a smoke run never overwrites real results).
-``NAME`` is a group (``cache_speedup``, ``loader``, ``fetch``, ``ann``,
+``NAME`` is a group (``cache_speedup``, ``loader``, ``block_mix``, ``fetch``, ``ann``,
 ``build_rss``, ``ablation_positives``) or one of its figures' names. Each group runs even if an
 earlier one failed; the exit code is 1 if any group failed.
 """
@@ -35,6 +35,7 @@ from bench.report import load_previous, merge, write_results
 GROUP_MODULES = {
     "cache_speedup": "bench.cache_speedup",
     "loader": "bench.loader",
+    "block_mix": "bench.block_mix",
     "fetch": "bench.fetch",
     "ann": "bench.ann",
     "build_rss": "bench.build_rss",

@@ -20,7 +20,7 @@ from bench.build_rss import run_measured
 from bench.harness import NOISY_SPREAD, Figure, Samples, measure_steady
 from bench.report import render_markdown
 
-QUICK_GROUPS = ["cache_speedup", "loader", "fetch", "ann"]
+QUICK_GROUPS = ["cache_speedup", "loader", "block_mix", "fetch", "ann"]
 FIGURE_KEYS = {"name", "value", "goal", "op", "met", "status", "spread", "about", "group", "measured_at"}
 
 

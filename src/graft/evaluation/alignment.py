@@ -42,24 +42,10 @@ def alignment_score(sat: np.ndarray, ground_mean: np.ndarray, k: int = 10) -> fl
 def native_crop_transform(preprocess_cfg: dict[str, Any]):
     """PIL image (already the model's input size) -> normalised tensor, with no resize.
 
-    For pairs cut by :meth:`graft.evaluation.datasets.PairSet.center_crop`: the model sees tiles at
+    For pairs cut by :meth:`graft.evaluation.datasets.pairs.PairSet.center_crop`: the model sees tiles at
     the resolution it was trained on, as in training, instead of a resized whole tile.
     """
     from torchvision import transforms as T
 
     return T.Compose([T.ToTensor(), T.Normalize(mean=list(preprocess_cfg["mean"]), std=list(preprocess_cfg["std"]))])
 
-
-def cache_mismatch(cache_record: dict[str, Any], model_record: dict[str, Any]) -> str | None:
-    """Why ground embeddings cached with ``cache_record`` do not live in the model's CLIP space; None if they do.
-
-    The weights fingerprint is not compared: it hashes file size and mtime, which differ between
-    machines holding the same weights.
-    """
-    if not cache_record:
-        return None
-    diffs = [k for k in ("model", "pretrained", "embed_dim")
-             if k in cache_record and k in model_record and cache_record[k] != model_record[k]]
-    if not diffs:
-        return None
-    return "; ".join(f"{k}: cache {cache_record[k]!r} vs model {model_record[k]!r}" for k in diffs)

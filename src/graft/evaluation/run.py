@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,8 +26,9 @@ import torch
 from pydantic import Field, model_validator
 
 from graft.config import ConfigError, StrictModel, load_config, validate
+from graft.dataset.embeddings import cache_spec_mismatch
 from graft.evaluation import report as rep
-from graft.evaluation.alignment import alignment_score, cache_mismatch, native_crop_transform
+from graft.evaluation.alignment import alignment_score, native_crop_transform
 from graft.evaluation.datasets import (
     ALL_KINDS,
     MULTILABEL_KINDS,
@@ -57,16 +59,17 @@ from graft.models.clip_tower import ClipSpec
 
 log = logging.getLogger(__name__)
 
-TaskName = Literal["zeroshot", "retrieval", "segmentation", "knn", "linear_probe", "alignment"]
+TaskName = Literal["zeroshot", "retrieval", "segmentation", "knn", "linear_probe", "alignment", "vqa"]
 REPORT_TASK = {"zeroshot": "zeroshot_classification", "retrieval": "retrieval", "segmentation": "segmentation",
-               "knn": "knn", "linear_probe": "linear_probe", "alignment": "alignment"}
+               "knn": "knn", "linear_probe": "linear_probe", "alignment": "alignment", "vqa": "vqa"}
 _CLASSIFICATION_TASKS = ("zeroshot", "retrieval", "knn", "linear_probe")
 TASKS_BY_KIND: dict[str, tuple[str, ...]] = {
     **{k: _CLASSIFICATION_TASKS for k in ALL_KINDS if k not in ("segmentation", "graft_pairs")},
     "segmentation": ("segmentation",),
     "graft_pairs": ("alignment",),
+    "rsvqa": ("vqa",),
 }
-DEFAULT_TASKS = {"segmentation": ["segmentation"], "graft_pairs": ["alignment"]}
+DEFAULT_TASKS = {"segmentation": ["segmentation"], "graft_pairs": ["alignment"], "rsvqa": ["vqa"]}
 BASELINE_NAME = "baseline"
 
 
@@ -91,7 +94,7 @@ class BenchmarkEntry(StrictModel):
 
     name: str
     type: Literal["eurosat", "ucmerced", "resisc45", "aid", "imagefolder", "csv_multilabel", "bigearthnet",
-                  "segmentation", "graft_pairs"]
+                  "segmentation", "graft_pairs", "rsvqa"]
     root: str
     tasks: list[TaskName] | None = None  # default: zeroshot + retrieval / segmentation / alignment
     classnames: list[str] | None = None  # prompt names in class order; overrides classnames.txt
@@ -103,6 +106,8 @@ class BenchmarkEntry(StrictModel):
     train_split: str = "train"  # split the probes train on when the set has splits
     pairs_split: str = "test"  # graft_pairs: which split's tiles to use
     max_images: int | None = Field(default=None, ge=1)  # seeded random subset, for quick runs
+    gsd: float | None = Field(default=None, gt=0)  # rsvqa: metres per pixel (default: LR 10, HR 0.15)
+    rsvqa_variant: Literal["lr", "hr"] | None = None  # rsvqa: layout; detected from the file names if omitted
 
     @model_validator(mode="after")
     def _tasks_fit_type(self) -> BenchmarkEntry:
@@ -112,7 +117,7 @@ class BenchmarkEntry(StrictModel):
         bad = [t for t in self.tasks if t not in allowed]
         if bad:
             raise ValueError(f"benchmark {self.name!r} ({self.type}) cannot run {bad}; allowed: {list(allowed)}")
-        if self.splits and self.type in (*MULTILABEL_KINDS, "segmentation", "graft_pairs"):
+        if self.splits and self.type in (*MULTILABEL_KINDS, "segmentation", "graft_pairs", "rsvqa"):
             raise ValueError(f"benchmark {self.name!r}: 'splits' files are for ImageFolder sets; multi-label CSVs "
                              "carry a 'split' column instead")
         return self
@@ -147,6 +152,37 @@ class SegmentationSettings(StrictModel):
     batch_size: int = Field(default=8, ge=1)
 
 
+class ChatWriterSettings(StrictModel):
+    """An OpenAI-compatible chat-completions endpoint that writes VQA programs (graft.vqa.chat_writer)."""
+
+    url: str  # API base (http://127.0.0.1:8000/v1) or the full .../chat/completions URL
+    model: str
+    api_key_env: str | None = None  # name of the environment variable holding the key (never the key itself)
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class VqaSettings(StrictModel):
+    """Zero-shot VQA as programs over the pixel-level model (graft.vqa; thresholds: see eval/README.md)."""
+
+    writer: Literal["rsvqa_parser", "chat"] = "rsvqa_parser"
+    chat: ChatWriterSettings | None = None  # required when writer: chat
+    templates: list[str] = ["a photo of a {}."]  # prompt templates of a concept
+    background: list[str] | None = None  # prompts every concept competes with; None: generic land-cover terms
+    sam: bool = False  # refine concept masks with SAM (segmentation.sam_checkpoint)
+    min_region_patches: float = Field(default=0.5, ge=0)  # smaller regions are upsampling artefacts
+    small_max_m2: float = Field(default=100.0, gt=0)
+    large_min_m2: float = Field(default=1000.0, gt=0)
+    next_to_m: float = Field(default=1000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _writer_configured(self) -> VqaSettings:
+        if self.writer == "chat" and self.chat is None:
+            raise ValueError("vqa.writer is 'chat' but vqa.chat (url, model, api_key_env) is not given")
+        if any("{}" not in t for t in self.templates) or not self.templates:
+            raise ValueError(f"vqa.templates: every template needs '{{}}' for the concept, got {self.templates}")
+        return self
+
+
 class EvalConfig(StrictModel):
     """An evaluation suite: models x benchmarks x tasks."""
 
@@ -162,6 +198,7 @@ class EvalConfig(StrictModel):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
+    vqa: VqaSettings = Field(default_factory=VqaSettings)
     alignment_k: int = Field(default=10, ge=1)
     plots: bool = True
     skip_missing: bool = False  # a missing benchmark is noted in the report and skipped instead of failing the run
@@ -237,20 +274,33 @@ def load_models(cfg: EvalConfig, device: str) -> list[LoadedModel]:
     return [m.to(device) for m in out]
 
 
+# Benchmark types that applications beside evaluation provide (graft.vqa's "rsvqa"). They are found
+# through the "graft.benchmarks" entry points, because the applications import evaluation and never the
+# other way round; another package can add a benchmark type the same way. An entry point names an object
+# with ``load(entry, seed)`` (the data set) and ``run(eval_run, entry, data, models)`` (adds report rows).
+APP_BENCHMARK_GROUP = "graft.benchmarks"
+APP_BENCHMARK_TYPES = ("rsvqa",)
+
+
+def app_benchmark(type_name: str) -> Any:
+    """The application that provides benchmark type ``type_name``, from the ``graft.benchmarks`` entry points."""
+    for ep in entry_points(group=APP_BENCHMARK_GROUP):
+        if ep.name == type_name:
+            return ep.load()
+    raise ConfigError(f"benchmark type {type_name!r} is provided by an application package registered under the "
+                      f"{APP_BENCHMARK_GROUP!r} entry points, and none is installed: reinstall graft "
+                      "(pip install -e .) so its entry points are registered")
+
+
 def _load_set(b: BenchmarkEntry, seed: int):
+    if b.type in APP_BENCHMARK_TYPES:
+        return app_benchmark(b.type).load(b, seed)
     data = load_benchmark(b.type, b.root, name=b.name, classnames=b.classnames, rgb_bands=b.rgb_bands,
                           split_files=b.splits, csv_name=b.csv, pairs_split=b.pairs_split)
     if not b.max_images or b.max_images >= len(data):
         return data
     keep = np.sort(np.random.default_rng(seed).choice(len(data), b.max_images, replace=False))
-    if isinstance(data, ClassificationSet):
-        return data.subset(keep)
-    if isinstance(data, SegmentationSet):
-        data.images = [data.images[i] for i in keep]
-        data.masks = [data.masks[i] for i in keep]
-    else:
-        data = data.subset(keep)
-    return data
+    return data.subset(keep)
 
 
 def _template_sets(b: BenchmarkEntry, data: Any, cfg: EvalConfig) -> dict[str, list[str]]:
@@ -462,7 +512,7 @@ class _Run:
         views: dict[int, PairSet] = {}
         seen: dict[int, set[int]] = {}
         for model in models:
-            why = cache_mismatch(data.cache_record, model.clip_record)
+            why = cache_spec_mismatch(data.cache_record, model.clip_record, portable=True)
             if why:
                 self.report.notes.append(f"alignment {model.name} on {b.name}: ground embeddings were made with "
                                          f"another CLIP ({why}); mutual kNN still compares neighbourhoods")
@@ -527,6 +577,8 @@ def evaluate(cfg: EvalConfig | dict[str, Any]) -> dict[str, Any]:
             run.classification(b, data, models)
         elif isinstance(data, SegmentationSet):
             run.segmentation(b, data, models)
+        elif b.type in APP_BENCHMARK_TYPES:
+            app_benchmark(b.type).run(run, b, data, models)
         else:
             run.alignment(b, data, models)
         report.rejections[b.name] = data.rejections.to_json()

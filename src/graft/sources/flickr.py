@@ -17,7 +17,7 @@ What this module has to get right, and why:
   timeouts, connection resets, malformed JSON and Flickr's own "temporarily
   unavailable" errors are retried with capped, jittered exponential backoff.
   When retries run out the query (or download) goes into the
-  :class:`~graft.sources.base.Rejections` ledger as ``query_failed:<kind>`` or
+  :class:`~graft.rejections.Rejections` ledger as ``query_failed:<kind>`` or
   ``download_failed:<kind>`` and the run goes on.
 - **Secrets.** The key and secret are read from the environment (or a file)
   and registered for redaction; every message this module logs, raises or
@@ -61,8 +61,9 @@ from tqdm import tqdm
 from graft.config import StrictModel
 from graft.credentials import CredentialError, RedactingFilter, read_secret, redact
 from graft.geometry import haversine_m
-from graft.sources.base import GroundPhoto, Rejections
-from graft.sources.retry import RetryConfig, TokenBucket, TransientError, call_with_retry
+from graft.rejections import Rejected, Rejections
+from graft.sources.base import GroundPhoto
+from graft.sources.retry import RateLimiter, RetryConfig, TokenBucket, TransientError, call_with_retry
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,8 @@ class FlickrConfig(StrictModel):
     per_page: int = Field(250, ge=1, le=250, description="geo queries return at most 250 per page")
     query_cap: int = Field(4000, ge=1, description="results Flickr lets one query page through")
     queries_per_hour: float = Field(
-        3600, gt=0, description="API requests per hour for this key in this process; divide by the number of "
-        "processes (e.g. Ray workers) sharing the key"
+        3600, gt=0, description="API requests per hour for this key: per process, and under "
+        "`graft build --distributor ray` for all the build's workers together (one shared limiter)"
     )
     radius_km: float = Field(1.0, gt=0, lt=32, description="search radius around a point (Flickr: < 32 km)")
     min_taken: dt.date
@@ -156,12 +157,8 @@ class FlickrAuthError(CredentialError):
     """Flickr rejected the API key or the request signature; no query can succeed."""
 
 
-class _PermanentError(Exception):
+class _PermanentError(Rejected):
     """A failure that retrying will not fix; ``reason`` is the ledger key suffix."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -316,8 +313,9 @@ class FlickrSource:
         rejections: ledger that receives every photo, query or download dropped, with a reason.
         clock: monotonic clock for the rate limiter (tests inject a fake one).
         sleep: sleep function for the rate limiter and retry backoff (tests inject a fake one).
-        bucket: an explicit token bucket; by default the process-wide one for this key
-            (or a private one on ``clock``/``sleep`` when those are injected).
+        bucket: an explicit rate limiter (a token bucket, or one shared by the processes of a
+            build); by default the process-wide bucket for this key (or a private one on
+            ``clock``/``sleep`` when those are injected).
 
     Attributes:
         counters: what the source did, for a run summary: ``api_requests`` (attempts included),
@@ -339,7 +337,7 @@ class FlickrSource:
         *,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] | None = None,
-        bucket: TokenBucket | None = None,
+        bucket: RateLimiter | None = None,
     ):
         self.cfg = cfg
         self.rejections = rejections

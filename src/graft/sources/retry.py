@@ -9,11 +9,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from graft.config import StrictModel
+from graft.rejections import Rejected
 
 T = TypeVar("T")
 
@@ -24,12 +25,8 @@ class RetryConfig(StrictModel):
     max_backoff_s: float = 60.0
 
 
-class TransientError(Exception):
+class TransientError(Rejected):
     """A failure worth retrying (429, 5xx, timeout, reset, malformed or truncated reply)."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 def call_with_retry(
@@ -47,6 +44,12 @@ def call_with_retry(
         sleep=sleep,
     )
     return retrying(fn)
+
+
+class RateLimiter(Protocol):
+    """What a source calls before each request: returns when the request may go."""
+
+    def acquire(self) -> None: ...
 
 
 class TokenBucket:
@@ -74,3 +77,17 @@ class TokenBucket:
                     return
                 wait = (1.0 - self.tokens) / self.rate
             self._sleep(wait)
+
+    def reserve(self) -> float:
+        """Take the next token now, even one that is not there yet; returns the seconds to wait before using it.
+
+        Lets one bucket serve callers in other processes (a Ray actor holding it answers each
+        caller at once, and the caller sleeps): tokens owed go negative, so reservations are
+        spaced at the bucket's rate whatever the number of callers.
+        """
+        with self._lock:
+            now = self._clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+            self._last = now
+            self.tokens -= 1.0
+            return 0.0 if self.tokens >= 0.0 else -self.tokens / self.rate

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from graft.config import StrictModel
+from graft.dataset.layout import MANIFEST_FILE
+from graft.dataset.manifest import manifest_path
 from graft.models.clip_tower import ClipSpec
 
 
@@ -41,6 +42,7 @@ class DataSection(StrictModel):
     batch_size: int = Field(32, ge=1)  # per rank, per micro-step
     workers: int = Field(2, ge=0)
     shuffle_buffer: int = Field(256, ge=0)
+    shards_per_worker: int = Field(4, ge=1)  # shards a loader worker interleaves, so a batch mixes blocks
     prefetch_factor: int = Field(2, ge=1)
     flips: bool = True
     rot90: bool = True
@@ -53,8 +55,8 @@ class DataSection(StrictModel):
     @field_validator("dataset")
     @classmethod
     def _exists(cls, v: str) -> str:
-        if not (Path(v) / "manifest.parquet").is_file():
-            raise ValueError(f"{v} has no manifest.parquet; run `graft build` first")
+        if not manifest_path(v).is_file():
+            raise ValueError(f"{v} has no {MANIFEST_FILE}; run `graft build` first")
         return v
 
 
