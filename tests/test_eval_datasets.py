@@ -16,6 +16,7 @@ from graft.evaluation import datasets as ds
 from graft.evaluation.zeroshot import make_loader
 from graft.geometry import tile_grid_around
 from graft.imagery import encode_geotiff
+from graft.rejections import Rejections
 
 COLORS = {"AnnualCrop": (200, 180, 40), "Forest": (20, 120, 30), "SeaLake": (20, 40, 200)}
 
@@ -246,7 +247,7 @@ def test_graft_pairs(tmp_path):
     assert data.cache_record["model"] == "graft-tiny-vit" and "photo_ids" not in data.cache_record
     assert data.read_rgb(0).shape == (16, 16, 3)
     # As training sees tiles: the centred crop at native resolution, paired with the photos inside it only.
-    rejections = ds.Rejections()
+    rejections = Rejections()
     crop = data.center_crop(8, rejections)
     assert crop.tile_ids == [t for t in data.tile_ids if t != "tile_001"]
     assert rejections.counts == {"no_photo_in_center_crop": 1}

@@ -91,9 +91,10 @@ def dataset(tmp_path_factory):
     return make_dataset(root / "data", tiny_clip_spec(root / "clip"), n_tiles=16, tile_size=48)
 
 
-def _spec(dataset, positives):
+def _spec(dataset, positives, level="image"):
     return StreamSpec(shards=split_shards(dataset, "train"), split="train", batch_size=4, crop_size=32, patch_size=8,
-                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), seed=0, shuffle_buffer=4, positives=positives)
+                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), seed=0, shuffle_buffer=4, positives=positives,
+                      level=level)
 
 
 def test_every_training_row_owns_photos_inside_its_crop(dataset):
@@ -106,3 +107,19 @@ def test_every_training_row_owns_photos_inside_its_crop(dataset):
         outside[positives] = sum(int((b["patch_index"] < 0).sum()) for b in batches)
     assert outside["crop"] == 0
     assert outside["tile"] > 0  # uniform crops of 32 px in 48-px tiles cut photos away
+
+
+def test_the_pixel_model_keeps_uniform_crops_and_all_its_photos(dataset):
+    """``positives`` is the image-level model's: a pixel-level stream draws the uniform crops of
+    ``positives: tile`` (no photo-aware crop), with photos outside the crop at patch index -1, which the
+    pixel loss drops."""
+    pixel = BatchIterator(_spec(dataset, "crop", level="pixel"), 0)
+    uniform = BatchIterator(_spec(dataset, "tile"), 0)
+    aware = BatchIterator(_spec(dataset, "crop"), 0)
+    same_as_aware = True
+    for _ in range(8):
+        p, u, a = next(pixel), next(uniform), next(aware)
+        assert torch.equal(p["images"], u["images"]) and torch.equal(p["patch_index"], u["patch_index"])
+        assert torch.equal(p["owner"], u["owner"])
+        same_as_aware &= p["images"].shape == a["images"].shape and torch.equal(p["images"], a["images"])
+    assert not same_as_aware

@@ -49,7 +49,10 @@ class DataSection(StrictModel):
     max_photos_per_tile: int = Field(25, ge=1)
     # "crop": a tile's positives are the photos inside its augmented crop, and crops are drawn to hold
     # at least one (GRAFT's alignment of an image with the photos taken inside it). "tile": every
-    # photo of the tile, wherever the crop fell (the behaviour before; for ablations).
+    # photo of the tile, wherever the crop fell (the behaviour before; for ablations). Image-level
+    # models only: a pixel-level model keeps uniform crops, and its loss's positives are the patches of
+    # the photos inside the crop (a photo-aware crop only biased which patches it learnt from, and cost
+    # the quick demo's segmentation mIoU; train/README.md).
     positives: Literal["crop", "tile"] = "crop"
 
     @field_validator("dataset")

@@ -10,11 +10,14 @@ samples from them in a seeded random order, then shuffles through a buffer, deco
 applies a random crop/flip/rot90 that carries every photo's position along,
 and assembles whole batches, so the main process only moves tensors.
 
-A tile's positives are the photos inside its crop (``data.positives: crop``,
-the default): the crop is drawn among those holding at least one photo, and
-the photos it cut away leave the batch. Evaluation-style passes use a centre
-crop at native resolution, where a tile whose centre crop holds no photo is
-no row. ``positives: tile`` keeps every photo of the tile (for ablations).
+For the image-level model, a tile's positives are the photos inside its crop
+(``data.positives: crop``, the default): the crop is drawn among those holding
+at least one photo, and the photos it cut away leave the batch.
+``positives: tile`` keeps every photo of the tile (for ablations). The
+pixel-level model keeps uniform random crops and every sampled photo, whatever
+``positives`` says: its positives are patches, and its loss keeps only the
+photos inside the crop. Evaluation-style passes use a centre crop at native
+resolution, where a tile whose centre crop holds no photo is no row.
 
 Ground photos arrive as cached embeddings (written by ``graft embed``, read
 with their row/photo-id check), or, with ``live_ground``, as preprocessed photo
@@ -105,6 +108,9 @@ class StreamSpec:
     photo_transform: Any = None  # the frozen tower's preprocess, for live_ground
     train: bool = True  # False: centre crop, no shuffle, no flips (evaluation-style pass)
     positives: str = "crop"  # "crop": a tile's positives are its photos inside the crop; "tile": all of them
+    # "image": ``positives`` applies. "pixel": uniform random crops and every sampled photo of the tile
+    # (patch index -1 outside the crop; the pixel loss keeps the inside ones), whatever ``positives`` says.
+    level: str = "image"
 
 
 class TileStream(IterableDataset):
@@ -201,15 +207,18 @@ class TileStream(IterableDataset):
         photos = meta["photos"]
         rows = np.array([p["row"] for p in photos], dtype=np.float64)
         cols = np.array([p["col"] for p in photos], dtype=np.float64)
+        # The pixel model keeps uniform crops and all its photos: its positives are patches, chosen inside
+        # the crop by the pixel loss, and a photo-aware crop would only bias which patches it sees.
+        positives = s.positives if s.level == "image" else "tile"
         if s.train:
-            aware = s.positives == "crop"
+            aware = positives == "crop"
             aug = Augment.sample(rng, tile_size, s.crop_size, s.flips, s.rot90,
                                  rows=rows if aware else None, cols=cols if aware else None)
         else:
             aug = Augment.center(tile_size, s.crop_size)
         if aug is None:
             return None
-        keep, patch_index = select_photos(rows, cols, aug, s.patch_size, s.positives, s.max_photos, rng)
+        keep, patch_index = select_photos(rows, cols, aug, s.patch_size, positives, s.max_photos, rng)
         if keep.size == 0:
             return None
         img = apply_to_image(rgb, aug)

@@ -284,7 +284,7 @@ class Trainer:
             mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]), seed=cfg.train.seed,
             rank=self.info.rank, world_size=self.info.world_size, flips=cfg.data.flips, rot90=cfg.data.rot90,
             shuffle_buffer=cfg.data.shuffle_buffer, max_photos=cfg.data.max_photos_per_tile,
-            positives=cfg.data.positives, interleave=cfg.data.shards_per_worker,
+            positives=cfg.data.positives, level=encoder.kind, interleave=cfg.data.shards_per_worker,
             live_ground=live_ground, photo_transform=self.bundle.preprocess if live_ground else None,
         )
 
@@ -480,7 +480,7 @@ class Trainer:
             log.warning("alignment skipped: %s", e)
             return None
         spec = StreamSpec(**{**self.stream.__dict__, "shards": shards, "split": self.cfg.train.alignment_split,
-                             "train": False, "rank": 0, "world_size": 1, "positives": "crop"})
+                             "train": False, "rank": 0, "world_size": 1, "positives": "crop", "level": "image"})
         self.model.eval()
         sats, grounds = [], []
         for batch in BatchIterator(spec, 0)._it:
