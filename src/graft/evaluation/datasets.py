@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from graft.errors import GraftError
 from graft.imagery import decode_geotiff, tile_to_rgb8
 from graft.sources.base import Rejections
 
@@ -60,7 +61,7 @@ TIFF_EXTS = (".tif", ".tiff")
 IGNORE_INDEX = 255
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(GraftError, FileNotFoundError):
     """A benchmark is not where the config says. The message says where to get it and how to lay it out."""
 
 

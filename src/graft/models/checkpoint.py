@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from graft.errors import GraftError
 from graft.storage import atomic_dir, clean_stale_temps, sha256_file
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMMED = ("model.safetensors", "trainer.pt", "config.yaml")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(GraftError, RuntimeError):
     """No usable checkpoint where one was asked for."""
 
 

@@ -10,7 +10,6 @@ the same way open_clip ships its own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,45 +18,10 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
-from pydantic import field_validator
 
-from graft.config import StrictModel
+from graft.models.clip_spec import MODEL_CONFIG_DIR, ClipSpec
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-class ClipSpec(StrictModel):
-    """Which CLIP tower to use. Defaults follow the paper: ViT-B/16 (QuickGELU), OpenAI weights."""
-
-    model: str = "ViT-B-16-quickgelu"
-    pretrained: str | None = "openai"
-    precision: str = "fp32"
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        if v.startswith(("local-dir:", "hf-hub:")):
-            if v.startswith("local-dir:") and not (Path(v[len("local-dir:"):]) / "open_clip_config.json").is_file():
-                raise ValueError(f"{v}: folder has no open_clip_config.json")
-            return v
-        if v.replace("/", "-") not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip model {v!r}; see open_clip.list_models() or use local-dir:/hf-hub:")
-        return v
-
-    def fingerprint(self) -> str:
-        """Identifies the weights: changes whenever the model or its weights file changes."""
-        h = hashlib.sha256(f"{self.model}|{self.pretrained}".encode())
-        p = Path(self.pretrained) if self.pretrained else None
-        if p is not None and p.is_file():
-            st = p.stat()
-            h.update(f"{st.st_size}|{int(st.st_mtime)}".encode())
-        elif self.model.startswith("local-dir:"):
-            for f in sorted(Path(self.model[len("local-dir:"):]).glob("*")):
-                if f.is_file():
-                    st = f.stat()
-                    h.update(f"{f.name}|{st.st_size}|{int(st.st_mtime)}".encode())
-        return h.hexdigest()[:16]
 
 
 @dataclass
@@ -146,8 +110,9 @@ def spec_mismatch(cached: dict, bundle: ClipBundle) -> str | None:
 
 
 def records_mismatch(cached: dict, want: dict) -> str | None:
-    """Why two :func:`spec_record` records differ; None if they agree."""
-    diffs = [k for k in ("model", "pretrained", "fingerprint", "preprocess", "embed_dim") if cached.get(k) != want[k]]
+    """Why two :func:`spec_record` records differ on the keys ``want`` holds; None if they agree."""
+    diffs = [k for k in ("model", "pretrained", "fingerprint", "preprocess", "embed_dim")
+             if k in want and cached.get(k) != want[k]]
     if not diffs:
         return None
     return "; ".join(f"{k}: cache has {json.dumps(cached.get(k))}, config has {json.dumps(want[k])}" for k in diffs)

@@ -33,6 +33,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from graft.config import ConfigError, StrictModel, load_yaml, validate
+from graft.errors import GraftError
 from graft.models.clip_tower import (
     ClipBundle,
     ClipSpec,
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 EMB_EXTS = ("emb.npy", "emb.json")
 
 
-class EmbeddingCacheError(RuntimeError):
+class EmbeddingCacheError(GraftError, RuntimeError):
     """A tile shard's embedding cache is missing, inconsistent, or made with another CLIP spec."""
 
 

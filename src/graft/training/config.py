@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from graft.config import StrictModel
-from graft.models.clip_tower import ClipSpec
+from graft.models.clip_spec import ClipSpec
 
 
 class ModelSection(StrictModel):

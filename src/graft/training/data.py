@@ -31,11 +31,12 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from graft.errors import GraftError
 from graft.imagery import decode_geotiff, tile_to_rgb8
 from graft.training.augment import Augment, apply_to_image, photo_patch_index
 
 
-class DataError(RuntimeError):
+class DataError(GraftError, RuntimeError):
     """The dataset cannot feed training as configured (missing split, no cache, spec mismatch)."""
 
 

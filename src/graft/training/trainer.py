@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from graft.config import dump_config, load_config
+from graft.errors import GraftError
 from graft.losses import image_level_loss, pixel_level_loss
 from graft.models.checkpoint import (
     find_latest_checkpoint,
@@ -44,7 +45,7 @@ from graft.training.data import BatchIterator, StreamSpec, check_embedding_cache
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(GraftError, RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
