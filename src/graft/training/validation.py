@@ -38,7 +38,8 @@ from graft.training.data import DataError, StreamSpec, TileStream, split_shards
 log = logging.getLogger(__name__)
 
 SCORE = "val_score"
-# A change of the score smaller than this (it lies in [0, 1]) counts as flat.
+# A change of the score (in [0, 1]) smaller than this counts as flat; on few tiles it is raised to
+# the sampling noise of a recall (binomial std at p = 0.5): 0.5 / sqrt(tiles).
 TOLERANCE = 0.02
 
 
@@ -146,20 +147,20 @@ class ValidationVerdict:
     best_checkpoint: str | None = None
 
 
-def score_history(run_dir: str | Path) -> list[tuple[int, float]]:
-    """``(step, val_score)`` of every validation in the run's ``metrics.jsonl``, in step order."""
+def score_history(run_dir: str | Path) -> list[tuple[int, float, int]]:
+    """``(step, val_score, val_tiles)`` of every validation in the run's ``metrics.jsonl``, in step order."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    points = {}
+    points: dict[int, tuple[float, int]] = {}
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue
         if SCORE in rec:
-            points[int(rec["step"])] = float(rec[SCORE])
-    return sorted(points.items())
+            points[int(rec["step"])] = (float(rec[SCORE]), int(rec.get("val_tiles", 0)))
+    return [(step, score, tiles) for step, (score, tiles) in sorted(points.items())]
 
 
 def best_checkpoint(run_dir: str | Path) -> tuple[Path, float] | None:
@@ -175,25 +176,27 @@ def best_checkpoint(run_dir: str | Path) -> tuple[Path, float] | None:
     return best
 
 
-def judge(points: list[tuple[int, float]], run_dir: str | Path) -> ValidationVerdict:
+def judge(points: list[tuple[int, float, int]], run_dir: str | Path) -> ValidationVerdict:
     """Whether the validation score was still rising, peaked early, or levelled off.
 
-    - rising: the last check is (within ``TOLERANCE``) the best, and the score rose by more than
-      ``TOLERANCE`` over the second half of the run;
-    - peaked: the last check is more than ``TOLERANCE`` below the best;
+    With ``tol`` = ``TOLERANCE``, or the sampling noise on few tiles:
+
+    - peaked: the last check is more than ``tol`` below the best;
+    - rising: otherwise, if the score rose by more than ``tol`` over the second half of the run;
     - flat: otherwise.
     """
     if len(points) < 3:
         return ValidationVerdict("too_few", f"validation: {len(points)} check(s), too few to judge the run; "
                                  "lower validation.every")
-    steps = [s for s, _ in points]
-    scores = np.array([v for _, v in points])
+    steps = [s for s, _, _ in points]
+    scores = np.array([v for _, v, _ in points])
+    tol = max(TOLERANCE, 0.5 / np.sqrt(max(points[-1][2], 1)))
     best_i = int(len(scores) - 1 - np.argmax(scores[::-1]))  # the latest of equal maxima
     last_step, last = steps[-1], float(scores[-1])
     best_step, best = steps[best_i], float(scores[best_i])
     ckpt = best_checkpoint(run_dir)
-    if last < best - TOLERANCE:
-        where = (f"the best checkpoint is {ckpt[0]} (val_score {ckpt[1]:.3f})" if ckpt
+    if last < best - tol:
+        where = (f"the best checkpoint kept is {ckpt[0]} (val_score {ckpt[1]:.3f})" if ckpt
                  else "no checkpoint holds it: lower train.ckpt_every")
         return ValidationVerdict(
             "peaked", f"validation: val_score peaked at {best:.3f} at step {best_step} and fell to {last:.3f} by "
@@ -201,7 +204,7 @@ def judge(points: list[tuple[int, float]], run_dir: str | Path) -> ValidationVer
             best_step, str(ckpt[0]) if ckpt else None)
     mid = next(i for i, s in enumerate(steps) if s >= last_step / 2)
     rise = last - float(scores[mid])
-    if rise > TOLERANCE:
+    if rise > tol:
         return ValidationVerdict(
             "rising", f"validation: val_score was still rising at the end ({scores[mid]:.3f} at step {steps[mid]} "
             f"-> {last:.3f} at step {last_step}): the run is not converged; train longer (raise train.max_steps).",
