@@ -13,7 +13,12 @@ import pytest
 import yaml
 
 from graft.cli import main
-from graft.models.checkpoint import find_latest_checkpoint, list_checkpoints, prune_checkpoints, save_checkpoint
+from graft.models.checkpoint import (
+    find_latest_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from graft.training.run_dir import RunFolderInUse
 from graft.training.trainer import train
 
