@@ -90,19 +90,24 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder beside ``path``; on clean exit rename it to ``path``.
 
     Used for outputs made of several files (a partition's shards plus its
-    manifest part) that must appear together or not at all. The folder gets ``0777 & ~umask``;
-    files created inside it get the umask as usual.
+    manifest part) that must appear together or not at all. The folders get ``0777 & ~umask``
+    and the files ``0666 & ~umask``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        umask = current_umask()
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
-        os.chmod(tmp, 0o777 & ~current_umask())
+                # Some writers (safetensors) create their files owner-only whatever the umask.
+                os.chmod(f, 0o666 & ~umask)
+            elif f.is_dir():
+                os.chmod(f, 0o777 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
