@@ -41,8 +41,9 @@ def test_config_errors_come_before_heavy_imports_and_third_party_logs_are_quiet(
 
 
 def test_missing_embedding_cache_fails_before_the_tower_loads(tiny_world, tmp_path, monkeypatch):
-    import graft.training.trainer as trainer_mod
     from helpers_data import make_dataset
+
+    import graft.training.trainer as trainer_mod
 
     data, spec = tiny_world
     bare = make_dataset(tmp_path / "bare", spec, n_tiles=4, embed=False)
