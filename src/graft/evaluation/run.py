@@ -25,6 +25,7 @@ import torch
 from pydantic import Field, model_validator
 
 from graft.config import ConfigError, StrictModel, load_config, validate
+from graft.errors import GraftError
 from graft.evaluation import report as rep
 from graft.evaluation.alignment import alignment_score, cache_mismatch
 from graft.evaluation.datasets import (
@@ -56,6 +57,10 @@ from graft.evaluation.zeroshot import (
 from graft.models.clip_tower import ClipSpec
 
 log = logging.getLogger(__name__)
+
+
+class EvalIncomplete(GraftError):
+    """Some benchmarks failed after the models loaded; the report of the others was written."""
 
 TaskName = Literal["zeroshot", "retrieval", "segmentation", "knn", "linear_probe", "alignment"]
 REPORT_TASK = {"zeroshot": "zeroshot_classification", "retrieval": "retrieval", "segmentation": "segmentation",
@@ -269,6 +274,24 @@ def _plot_set(sets: dict[str, list[str]], cfg: EvalConfig) -> str:
     return "satellite" if "satellite" in sets else next(iter(sets))
 
 
+def check_preconditions(b: BenchmarkEntry, data: Any, cfg: EvalConfig) -> None:
+    """The cheap checks of a loaded benchmark that would otherwise fail after the models ran.
+
+    Raises:
+        ConfigError: a split the config names is missing, or there are too few pairs for ``alignment_k``.
+    """
+    if isinstance(data, PairSet) and len(data) <= cfg.alignment_k:
+        raise ConfigError(f"benchmark {b.name}: alignment_k={cfg.alignment_k} needs more than {cfg.alignment_k} "
+                          f"tiles, {b.root} has {len(data)} in split {b.pairs_split!r}; lower alignment_k or "
+                          "use a larger split")
+    if isinstance(data, ClassificationSet) and data.splits is not None:
+        present = sorted(set(data.splits.tolist()) - {""})
+        if b.eval_split not in present:
+            raise ConfigError(f"benchmark {b.name}: eval_split {b.eval_split!r} not among its splits {present}")
+        if set(b.tasks) & {"knn", "linear_probe"} and b.train_split not in present:
+            raise ConfigError(f"benchmark {b.name}: train_split {b.train_split!r} not among {present}")
+
+
 class _Run:
     """State of one evaluate() call."""
 
@@ -308,14 +331,9 @@ class _Run:
         tasks = set(b.tasks)
         tsets = _template_sets(b, data, self.cfg)
         plot_set = _plot_set(tsets, self.cfg)
-        if data.splits is not None:
-            present = sorted(set(data.splits.tolist()) - {""})
-            if b.eval_split not in present:
-                raise ConfigError(f"benchmark {b.name}: eval_split {b.eval_split!r} not among its splits {present}")
+        if data.splits is not None:  # the splits were checked by check_preconditions
             needed = data.splits == b.eval_split
             if tasks & {"knn", "linear_probe"}:
-                if b.train_split not in present:
-                    raise ConfigError(f"benchmark {b.name}: train_split {b.train_split!r} not among {present}")
                 needed |= data.splits == b.train_split
             work = data.subset(np.nonzero(needed)[0])
         else:
@@ -478,8 +496,13 @@ def evaluate(cfg: EvalConfig | dict[str, Any]) -> dict[str, Any]:
     Args:
         cfg: a validated :class:`EvalConfig`, or a plain dict validated here (errors name each bad key).
 
+    Every benchmark's cheap preconditions (its files, splits, ``alignment_k`` against its pair count)
+    are checked before any model loads. A benchmark that still fails later is noted in the report
+    and in ``"failed"``, and the report of the others is written.
+
     Returns:
-        The contents of ``report.json`` plus ``"report_json"`` / ``"report_md"``: the written paths.
+        The contents of ``report.json`` plus ``"report_json"`` / ``"report_md"`` (the written paths) and
+        ``"failed"`` ({benchmark: error} for benchmarks that failed after the models loaded).
 
     Raises:
         DatasetNotFoundError: a benchmark root is missing or has the wrong layout; raised before any
@@ -503,28 +526,36 @@ def evaluate(cfg: EvalConfig | dict[str, Any]) -> dict[str, Any]:
                 report.notes.append(f"benchmark {b.name} skipped (skip_missing): {e}")
             else:
                 log.info("benchmark %s (%s): %d items from %s", b.name, b.type, len(sets[b.name]), b.root)
+                check_preconditions(b, sets[b.name], cfg)
     if not sets:
         raise DatasetNotFoundError("no benchmark of the config was found; see the notes above and eval/README.md")
     with report.timer("load_models"):
         models = load_models(cfg, device)
     for m in models:
         report.models[m.name] = f"{m.description}; segmentation patches: {m.patch_source}"
+    failed: dict[str, str] = {}
     for b in cfg.benchmarks:
         if b.name not in sets:
             continue
         data = sets[b.name]
         log.info("evaluating %s: %s", b.name, ", ".join(b.tasks))
-        if isinstance(data, ClassificationSet):
-            run.classification(b, data, models)
-        elif isinstance(data, SegmentationSet):
-            run.segmentation(b, data, models)
-        else:
-            run.alignment(b, data, models)
+        try:
+            if isinstance(data, ClassificationSet):
+                run.classification(b, data, models)
+            elif isinstance(data, SegmentationSet):
+                run.segmentation(b, data, models)
+            else:
+                run.alignment(b, data, models)
+        except Exception as e:  # noqa: BLE001 - one benchmark's failure must not discard the others' results
+            log.error("benchmark %s failed: %s: %s", b.name, type(e).__name__, e)
+            log.debug("benchmark %s failed", b.name, exc_info=True)
+            failed[b.name] = f"{type(e).__name__}: {e}"
+            report.notes.append(f"benchmark {b.name} FAILED ({type(e).__name__}: {e}); its rows may be incomplete")
         report.rejections[b.name] = data.rejections.to_json()
     with report.timer("report"):
         json_path, md_path = report.write(run.out)
     out = report.to_json()
-    out.update(report_json=str(json_path), report_md=str(md_path))
+    out.update(report_json=str(json_path), report_md=str(md_path), failed=failed)
     return out
 
 
@@ -539,4 +570,8 @@ def run_eval_command(args) -> int:
     if rejected:
         print(f"rejected input (see report.md): {rejected}")
     print(f"\nreport: {result['report_md']} (json: {result['report_json']}, plots: {len(result['plots'])})")
+    if result["failed"]:
+        raise EvalIncomplete(f"{len(result['failed'])} benchmark(s) failed: "
+                             + "; ".join(f"{k}: {v}" for k, v in result["failed"].items())
+                             + f". The report of the others is in {result['report_md']}")
     return 0
