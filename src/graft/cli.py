@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an image- or pixel-level satellite encoder (run under torchrun for DDP)",
                        description="Train a satellite encoder against cached ground embeddings with the 1:N "
                        "contrastive loss. Under torchrun every rank's ground embeddings join the softmax.")
-    p.add_argument("config", help="training YAML (see train/image_level.yaml, train/pixel_level.yaml)")
+    p.add_argument("config", help="training YAML (see train/sentinel2_image.yaml, train/naip_image.yaml ...)")
     p.add_argument("--resume", default=None, metavar="latest|PATH",
                    help="resume from the newest valid checkpoint in the run folder, or from a checkpoint folder")
     p.add_argument("--overwrite", action="store_true",

@@ -1,4 +1,4 @@
-"""The training config (train/image_level.yaml, train/pixel_level.yaml).
+"""The training config (train/sentinel2_image.yaml, train/naip_pixel.yaml, ...).
 
 This module imports neither torch nor open_clip, so ``graft train`` reports a
 bad config in well under a second. Every field carries a description
