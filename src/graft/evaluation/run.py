@@ -76,7 +76,14 @@ BASELINE_NAME = "baseline"
 
 
 class ModelEntry(StrictModel):
-    """One model to evaluate: exactly one of ``checkpoint``, ``export`` or ``clip``."""
+    """One model to evaluate: exactly one of ``checkpoint``, ``export`` or ``clip``.
+
+    Attributes:
+        name: the model's column in the report.
+        checkpoint: a checkpoint folder, or a run folder (its newest valid checkpoint).
+        export: a folder written by ``graft export``.
+        clip: any open_clip spec, evaluated frozen.
+    """
 
     name: str
     checkpoint: str | None = None  # checkpoint folder, or run folder (newest valid checkpoint)
@@ -92,7 +99,24 @@ class ModelEntry(StrictModel):
 
 
 class BenchmarkEntry(StrictModel):
-    """One benchmark and the tasks to run on it."""
+    """One benchmark and the tasks to run on it.
+
+    Attributes:
+        name: the benchmark's name in the report.
+        type: the dataset layout (eurosat, ucmerced, resisc45, aid, imagefolder, csv_multilabel,
+            bigearthnet, segmentation, graft_pairs).
+        root: the folder holding it (nothing is downloaded).
+        tasks: tasks to run; default zeroshot + retrieval (segmentation / alignment for those types).
+        classnames: prompt names in class order; override classnames.txt.
+        templates: template sets ({name: [templates with {}]}); override templates.txt and the defaults.
+        rgb_bands: 1-based bands of multi-band TIFFs used as R, G, B.
+        csv: multi-label sets: the CSV file name under root.
+        splits: ImageFolder sets: {split: file listing its images}.
+        eval_split: split scored by zero-shot, retrieval and probes when the set has splits.
+        train_split: split the probes train on when the set has splits.
+        pairs_split: graft_pairs: which split's tiles to use.
+        max_images: a seeded random subset of this many images, for quick runs.
+    """
 
     name: str
     type: Literal["eurosat", "ucmerced", "resisc45", "aid", "imagefolder", "csv_multilabel", "bigearthnet",
@@ -124,6 +148,20 @@ class BenchmarkEntry(StrictModel):
 
 
 class RetrievalSettings(StrictModel):
+    """Text-to-image retrieval.
+
+    Attributes:
+        index: ``flat`` (exact), ``ivf`` or ``hnsw`` (faiss, for millions of images).
+        depth: images retrieved per query; None ranks them all.
+        nlist: ivf lists (default about 4 sqrt(N)).
+        nprobe: ivf lists searched per query.
+        hnsw_m: hnsw graph degree.
+        ef_search: hnsw search breadth.
+        precision_at: the k of the precision@k metrics.
+        grid_queries: rows (queries) of the retrieval plot.
+        grid_top: tiles per row of the retrieval plot.
+    """
+
     index: Literal["flat", "ivf", "hnsw"] = "flat"
     depth: int | None = Field(default=None, ge=1)  # images retrieved per query; None = rank all
     nlist: int | None = Field(default=None, ge=1)  # ivf lists (default ~4 sqrt(N))
@@ -136,6 +174,19 @@ class RetrievalSettings(StrictModel):
 
 
 class ProbeSettings(StrictModel):
+    """kNN and linear probes on frozen image features.
+
+    Attributes:
+        knn_k: neighbours of the kNN probe.
+        knn_vote: ``weighted`` (by similarity) or ``majority``.
+        knn_temperature: temperature of the weighted vote.
+        linear_c: inverse regularisation of the logistic regression; several values are chosen
+            between on a seeded validation part of the training split.
+        linear_max_iter: solver iterations.
+        test_fraction: seeded test share when the set has no splits.
+        seed: seed of the splits.
+    """
+
     knn_k: int = Field(default=20, ge=1)
     knn_vote: Literal["weighted", "majority"] = "weighted"
     knn_temperature: float = Field(default=0.07, gt=0)
@@ -146,6 +197,15 @@ class ProbeSettings(StrictModel):
 
 
 class SegmentationSettings(StrictModel):
+    """Zero-shot segmentation.
+
+    Attributes:
+        sam_checkpoint: local SAM weights; enables refinement (needs the 'sam' extra).
+        sam_model_type: the SAM architecture of that checkpoint.
+        overlays: images in the overlay plot.
+        batch_size: images per forward pass.
+    """
+
     sam_checkpoint: str | None = None  # local SAM weights; enables refinement (needs the 'sam' extra)
     sam_model_type: str = "vit_h"
     overlays: int = Field(default=4, ge=0)  # images in the overlay plot
@@ -153,7 +213,27 @@ class SegmentationSettings(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    """An evaluation suite: models x benchmarks x tasks."""
+    """An evaluation suite: models x benchmarks x tasks.
+
+    Attributes:
+        models: the models to evaluate.
+        baseline: the frozen CLIP baseline; default the CLIP tower of the first checkpoint/export.
+        include_baseline: evaluate the baseline beside the models.
+        benchmarks: the benchmarks and their tasks.
+        templates: default prompt template sets ({name: [templates with {}]}).
+        out_dir: where report.json, report.md and plots go.
+        batch_size: images per forward pass.
+        workers: image decoding workers.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
+        retrieval: retrieval settings.
+        probes: kNN and linear probe settings.
+        segmentation: segmentation settings.
+        alignment_k: neighbourhood of the mutual-kNN alignment (needs more pairs than this).
+        plots: write plots.
+        skip_missing: a benchmark not on disk is noted in the report and skipped instead of failing the run.
+        plot_templates: template set used for plots (default 'satellite' if present, else the first).
+        seed: seed of subsets (max_images).
+    """
 
     models: list[ModelEntry] = []
     baseline: ClipSpec | None = None  # default: the CLIP tower of the first checkpoint/export
