@@ -80,6 +80,15 @@ class TrainSection(StrictModel):
     max_bad_steps: int = Field(10, ge=1, description="consecutive non-finite steps before the run stops")
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ...; None: cuda if available (torchrun: per rank)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: object) -> object:
+        moved = sorted({"alignment_every", "alignment_split"} & set(data)) if isinstance(data, dict) else []
+        if moved:
+            raise ValueError(f"train.{moved[0]} moved to the validation section (validation.every, "
+                             "validation.split); the validation signal is now on by default")
+        return data
+
 
 class ValidationSection(StrictModel):
     """The label-free validation signal, on by default (graft.training.validation).
