@@ -406,7 +406,7 @@ def test_flickr_query_points_search_and_partition_ownership(base, tmp_path, monk
     monkeypatch.setattr(FakeFlickr, "pool", pool)
     monkeypatch.setattr(FakeFlickr, "images", images)
     monkeypatch.setattr(FakeFlickr, "broken", {"flickr-1007"})
-    monkeypatch.setattr("graft.pipeline.build.FlickrSource", FakeFlickr)
+    monkeypatch.setattr("graft.pipeline.build.grounds.flickr.FlickrSource", FakeFlickr)
 
     data = build_config(base.world, tmp_path / "ds", **{
         "ground": {"kind": "flickr", "n_points": 30, "seed": 3, "require_date": True, "short_side": 64,

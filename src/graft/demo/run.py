@@ -172,8 +172,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     from graft.models.clip_tower import load_clip
     from graft.pipeline.build import BuildConfig, build_dataset
     from graft.pipeline.embed import embed_dataset
-    from graft.pipeline.indoor import train_binary_filter
     from graft.training.config import TrainConfig
+    from graft.training.indoor_filter import train_binary_filter
     from graft.training.trainer import train
 
     out = Path(out)
