@@ -53,7 +53,7 @@ def test_missing_embedding_cache_fails_before_the_tower_loads(tiny_world, tmp_pa
 
     monkeypatch.setattr(trainer_mod, "load_clip", no_load)
     cfg = train_config((bare, spec), tmp_path / "run")
-    with pytest.raises(DataError, match="no cached ground embeddings; run `graft embed`"):
+    with pytest.raises(DataError, match="no cached ground embeddings; run 'graft embed"):
         trainer_mod.Trainer(cfg)
     # A cache made with another tower is refused before loading too.
     other = validate(TrainConfig, {**cfg.model_dump(mode="json"), "data": {**cfg.data.model_dump(), "dataset": str(data)},

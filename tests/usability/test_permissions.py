@@ -12,8 +12,8 @@ import stat
 
 import pytest
 
+from graft.dataset.shards import write_samples
 from graft.models.checkpoint import save_checkpoint
-from graft.pipeline.shards import write_samples
 from graft.storage import atomic_dir, atomic_write_bytes, atomic_write_json
 
 

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from graft.config import StrictModel
+from graft.dataset.layout import MANIFEST_FILE
 from graft.models.clip_spec import ClipSpec
 
 
@@ -62,8 +63,8 @@ class DataSection(StrictModel):
     @field_validator("dataset")
     @classmethod
     def _exists(cls, v: str) -> str:
-        if not (Path(v) / "manifest.parquet").is_file():
-            raise ValueError(f"{v} has no manifest.parquet; run `graft build` first")
+        if not (Path(v) / MANIFEST_FILE).is_file():  # not graft.dataset.manifest: it imports pyarrow
+            raise ValueError(f"{v} has no {MANIFEST_FILE}; run `graft build` first")
         return v
 
 

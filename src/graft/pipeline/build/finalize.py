@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -11,19 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from affine import Affine
 
+from graft.dataset.layout import shard_listing
+from graft.dataset.manifest import concat_parts, read_parts, write_manifest
 from graft.geometry import TileGrid
 from graft.pipeline.build import resources
 from graft.pipeline.build.config import BuildConfig, config_yaml
-from graft.pipeline.build.dataset_format import MANIFEST_SCHEMA, TILES_SCHEMA
 from graft.pipeline.build.grounds import ground_kind
 from graft.pipeline.build.records import Plan
 from graft.pipeline.plots import plot_map, plot_photos_per_tile
 from graft.pipeline.split import SPLITS
-from graft.sources.base import Rejections
-from graft.storage import atomic_path, atomic_write_json, atomic_write_text
+from graft.rejections import Rejections
+from graft.storage import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +41,7 @@ class _Parts:
 
 
 def _read_parts(out: Path, wanted: dict[int, str]) -> _Parts:
-    parts = _Parts([], [], [], [])
-    for d in sorted((out / "parts").glob("part-*")):
-        if not d.is_dir() or not (d / "stats.json").is_file():
-            continue
-        pid = int(d.name.split("-", 1)[1])
-        if pid not in wanted:
-            parts.stale.append(pid)
-            continue
-        parts.stats.append(json.loads((d / "stats.json").read_text()))
-        parts.manifests.append(pq.read_table(d / "manifest.parquet", schema=MANIFEST_SCHEMA))
-        parts.tiles.append(pq.read_table(d / "tiles.parquet", schema=TILES_SCHEMA))
-    return parts
+    return _Parts(*read_parts(out, wanted))
 
 
 def finalize(cfg: BuildConfig, plan: Plan, run_info: dict) -> dict:
@@ -65,10 +53,8 @@ def finalize(cfg: BuildConfig, plan: Plan, run_info: dict) -> dict:
     if parts.stale:
         log.warning("%d part folder(s) under %s/parts belong to no partition of this config (e.g. part-%05d); "
                     "they are left out of the manifest", len(parts.stale), out, parts.stale[0])
-    manifest = pa.concat_tables(parts.manifests) if parts.manifests else MANIFEST_SCHEMA.empty_table()
-    tile_table = pa.concat_tables(parts.tiles) if parts.tiles else TILES_SCHEMA.empty_table()
-    with atomic_path(out / "manifest.parquet") as tmp:
-        pq.write_table(manifest, tmp)
+    manifest, tile_table = concat_parts(parts.manifests, parts.tiles)
+    write_manifest(out, manifest)
     _plots_and_config(cfg, out, manifest, tile_table)
     totals = _Totals.of(plan, parts.stats)
     photo_level = sum(v for k, v in totals.ledger.counts.items() if not k.startswith(QUERY_LEVEL_PREFIXES))
@@ -173,5 +159,5 @@ class BuildSummary:
         lines.append("")
         for name in ("manifest.parquet", "stats.json", "map.png", "photos_per_tile.png", "build_config.yaml"):
             lines.append(f"  {self.out_dir / name}")
-        lines.append(f"  {self.out_dir / 'tiles'}/tiles-*.tar, {self.out_dir / 'photos'}/photos-*.tar")
+        lines.append(f"  {shard_listing(self.out_dir)}")
         return "\n".join(lines)
