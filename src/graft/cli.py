@@ -27,6 +27,7 @@ HANDLERS = {
     "train": ("graft.training.trainer", "run_train_command"),
     "eval": ("graft.evaluation.run", "run_eval_command"),
     "export": ("graft.evaluation.export", "run_export_command"),
+    "vqa": ("graft.vqa.run", "run_vqa_command"),
     "filter-train": ("graft.training.indoor_filter", "run_filter_train_command"),
     "doctor": ("graft.doctor", "run_doctor_command"),
     "demo": ("graft.demo.run", "run_demo_command"),
@@ -103,6 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
                        "loads it: the image tower is the satellite encoder, the text tower is CLIP's.")
     p.add_argument("checkpoint", help="checkpoint folder, or a run folder (its newest valid checkpoint is used)")
     p.add_argument("out_dir")
+
+    p = sub.add_parser("vqa", help="answer a question about one satellite image with the pixel-level model",
+                       description="Turn QUESTION into a small JSON program (RSVQA's question templates, or an\n"
+                       "OpenAI-compatible chat endpoint with --chat-url), validate it, and run it on IMAGE with the\n"
+                       "model's pixel-level concept maps: exists, count (connected regions), area (pixels x GSD^2),\n"
+                       "comparisons. Prints the program, the answer and the regions found for each concept.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                       "  graft vqa tile.tif 'Is there a water area?' --model runs/s2-pixel\n"
+                       "  graft vqa tile.png 'How many buildings are there?' --model runs/naip-pixel-export --gsd 0.6\n"
+                       "  graft vqa tile.tif 'Are there more roads than buildings?' --model runs/s2-pixel \\\n"
+                       "      --chat-url http://127.0.0.1:11434/v1 --chat-model qwen2.5:7b-instruct")
+    p.add_argument("image", help="the image: GeoTIFF (its GSD is read from the georeference), PNG or JPEG")
+    p.add_argument("question", help="e.g. 'Is there a road?', 'How many buildings are there?', "
+                   "'What is the area covered by water areas?', 'Are there more roads than buildings?'")
+    p.add_argument("--model", default=None, help="a pixel-level training run / checkpoint folder, or a 'graft export' "
+                   "folder (image-level models answer through their ViT's patch tokens)")
+    p.add_argument("--clip-model", default=None, help="answer with a frozen open_clip model instead (the baseline)")
+    p.add_argument("--clip-pretrained", default=None, help="pretrained tag or weights file for --clip-model")
+    p.add_argument("--gsd", type=float, default=None, help="metres per pixel (default: from the GeoTIFF georeference)")
+    p.add_argument("--vocabulary", default=None, metavar="A,B,...",
+                   help="more concepts each asked concept must beat for a pixel (comma-separated)")
+    p.add_argument("--background", default=None, metavar="A,B,...",
+                   help="background prompts replacing the generic land-cover list ('' for none)")
+    p.add_argument("--template", action="append", default=None, metavar="TEMPLATE",
+                   help="prompt template with {} for the concept (repeatable; default 'a photo of a {}.')")
+    p.add_argument("--chat-url", default=None, help="OpenAI-compatible API base that writes the program instead of "
+                   "the built-in RSVQA parser, e.g. http://127.0.0.1:11434/v1")
+    p.add_argument("--chat-model", default=None, help="model name served at --chat-url")
+    p.add_argument("--chat-key-env", default=None, metavar="VAR", help="environment variable holding the API key")
+    p.add_argument("--sam-checkpoint", default=None, help="refine concept masks with this local SAM checkpoint")
+    p.add_argument("--sam-model-type", default="vit_h")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
     p = sub.add_parser("filter-train", help="fine-tune a 2-class indoor/outdoor ResNet18 on a folder",
                        description="Train the ResNet18 indoor filter on FOLDER/indoor and FOLDER/outdoor images.")

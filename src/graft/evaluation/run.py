@@ -60,19 +60,22 @@ from graft.models.clip_tower import ClipSpec
 log = logging.getLogger(__name__)
 
 
+
 class EvalIncomplete(GraftError):
     """Some benchmarks failed after the models loaded; the report of the others was written."""
 
-TaskName = Literal["zeroshot", "retrieval", "segmentation", "knn", "linear_probe", "alignment"]
+
+TaskName = Literal["zeroshot", "retrieval", "segmentation", "knn", "linear_probe", "alignment", "vqa"]
 REPORT_TASK = {"zeroshot": "zeroshot_classification", "retrieval": "retrieval", "segmentation": "segmentation",
-               "knn": "knn", "linear_probe": "linear_probe", "alignment": "alignment"}
+               "knn": "knn", "linear_probe": "linear_probe", "alignment": "alignment", "vqa": "vqa"}
 _CLASSIFICATION_TASKS = ("zeroshot", "retrieval", "knn", "linear_probe")
 TASKS_BY_KIND: dict[str, tuple[str, ...]] = {
     **{k: _CLASSIFICATION_TASKS for k in ALL_KINDS if k not in ("segmentation", "graft_pairs")},
     "segmentation": ("segmentation",),
     "graft_pairs": ("alignment",),
+    "rsvqa": ("vqa",),
 }
-DEFAULT_TASKS = {"segmentation": ["segmentation"], "graft_pairs": ["alignment"]}
+DEFAULT_TASKS = {"segmentation": ["segmentation"], "graft_pairs": ["alignment"], "rsvqa": ["vqa"]}
 BASELINE_NAME = "baseline"
 
 
@@ -121,7 +124,7 @@ class BenchmarkEntry(StrictModel):
 
     name: str
     type: Literal["eurosat", "ucmerced", "resisc45", "aid", "imagefolder", "csv_multilabel", "bigearthnet",
-                  "segmentation", "graft_pairs"]
+                  "segmentation", "graft_pairs", "rsvqa"]
     root: str
     tasks: list[TaskName] | None = None  # default: zeroshot + retrieval / segmentation / alignment
     classnames: list[str] | None = None  # prompt names in class order; overrides classnames.txt
@@ -133,6 +136,8 @@ class BenchmarkEntry(StrictModel):
     train_split: str = "train"  # split the probes train on when the set has splits
     pairs_split: str = "test"  # graft_pairs: which split's tiles to use
     max_images: int | None = Field(default=None, ge=1)  # seeded random subset, for quick runs
+    gsd: float | None = Field(default=None, gt=0)  # rsvqa: metres per pixel (default: LR 10, HR 0.15)
+    rsvqa_variant: Literal["lr", "hr"] | None = None  # rsvqa: layout; detected from the file names if omitted
 
     @model_validator(mode="after")
     def _tasks_fit_type(self) -> BenchmarkEntry:
@@ -142,7 +147,7 @@ class BenchmarkEntry(StrictModel):
         bad = [t for t in self.tasks if t not in allowed]
         if bad:
             raise ValueError(f"benchmark {self.name!r} ({self.type}) cannot run {bad}; allowed: {list(allowed)}")
-        if self.splits and self.type in (*MULTILABEL_KINDS, "segmentation", "graft_pairs"):
+        if self.splits and self.type in (*MULTILABEL_KINDS, "segmentation", "graft_pairs", "rsvqa"):
             raise ValueError(f"benchmark {self.name!r}: 'splits' files are for ImageFolder sets; multi-label CSVs "
                              "carry a 'split' column instead")
         return self
@@ -213,6 +218,37 @@ class SegmentationSettings(StrictModel):
     batch_size: int = Field(default=8, ge=1)
 
 
+class ChatWriterSettings(StrictModel):
+    """An OpenAI-compatible chat-completions endpoint that writes VQA programs (graft.vqa.chat_writer)."""
+
+    url: str  # API base (http://127.0.0.1:8000/v1) or the full .../chat/completions URL
+    model: str
+    api_key_env: str | None = None  # name of the environment variable holding the key (never the key itself)
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class VqaSettings(StrictModel):
+    """Zero-shot VQA as programs over the pixel-level model (graft.vqa; thresholds: see eval/README.md)."""
+
+    writer: Literal["rsvqa_parser", "chat"] = "rsvqa_parser"
+    chat: ChatWriterSettings | None = None  # required when writer: chat
+    templates: list[str] = ["a photo of a {}."]  # prompt templates of a concept
+    background: list[str] | None = None  # prompts every concept competes with; None: generic land-cover terms
+    sam: bool = False  # refine concept masks with SAM (segmentation.sam_checkpoint)
+    min_region_patches: float = Field(default=0.5, ge=0)  # smaller regions are upsampling artefacts
+    small_max_m2: float = Field(default=100.0, gt=0)
+    large_min_m2: float = Field(default=1000.0, gt=0)
+    next_to_m: float = Field(default=1000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _writer_configured(self) -> VqaSettings:
+        if self.writer == "chat" and self.chat is None:
+            raise ValueError("vqa.writer is 'chat' but vqa.chat (url, model, api_key_env) is not given")
+        if any("{}" not in t for t in self.templates) or not self.templates:
+            raise ValueError(f"vqa.templates: every template needs '{{}}' for the concept, got {self.templates}")
+        return self
+
+
 class EvalConfig(StrictModel):
     """An evaluation suite: models x benchmarks x tasks.
 
@@ -248,6 +284,7 @@ class EvalConfig(StrictModel):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
+    vqa: VqaSettings = Field(default_factory=VqaSettings)
     alignment_k: int = Field(default=10, ge=1)
     plots: bool = True
     skip_missing: bool = False  # a missing benchmark is noted in the report and skipped instead of failing the run
@@ -324,6 +361,15 @@ def load_models(cfg: EvalConfig, device: str) -> list[LoadedModel]:
 
 
 def _load_set(b: BenchmarkEntry, seed: int):
+    if b.type == "rsvqa":  # an application's benchmark: its loader lives beside evaluation, in graft.vqa
+        from graft.vqa.rsvqa import load_rsvqa
+
+        vqa_set = load_rsvqa(b.root, b.name, b.eval_split, b.rsvqa_variant, b.gsd)
+        ids = sorted(vqa_set.images)
+        if b.max_images and b.max_images < len(ids):
+            keep = np.random.default_rng(seed).choice(len(ids), b.max_images, replace=False)
+            vqa_set = vqa_set.subset_images([ids[i] for i in sorted(keep)])
+        return vqa_set
     data = load_benchmark(b.type, b.root, name=b.name, classnames=b.classnames, rgb_bands=b.rgb_bands,
                           split_files=b.splits, csv_name=b.csv, pairs_split=b.pairs_split)
     if not b.max_images or b.max_images >= len(data):
@@ -616,6 +662,10 @@ def evaluate(cfg: EvalConfig | dict[str, Any]) -> dict[str, Any]:
                 run.classification(b, data, models)
             elif isinstance(data, SegmentationSet):
                 run.segmentation(b, data, models)
+            elif b.type == "rsvqa":
+                from graft.vqa.run import run_vqa_benchmark
+
+                run_vqa_benchmark(run, b, data, models)
             else:
                 run.alignment(b, data, models)
         except Exception as e:  # noqa: BLE001 - one benchmark's failure must not discard the others' results
