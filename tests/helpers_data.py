@@ -52,8 +52,12 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 
 
 def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int = 48, n_shards: int = 2,
-                 seed: int = 0, embed: bool = True, splits=("train",)) -> Path:
-    """Write manifest.parquet + tiles/photos shards; tiles get 1..6 photos whose colour follows the tile's."""
+                 seed: int = 0, embed: bool = True, splits=("train",), invert_photos: bool = False) -> Path:
+    """Write manifest.parquet + tiles/photos shards; tiles get 1..6 photos whose colour follows the tile's.
+
+    With ``invert_photos`` a tile's photos take the complementary colour, so an untrained encoder
+    (a copy of CLIP's image tower) does not match tiles to their photos until training learns the mapping.
+    """
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     (root / "tiles").mkdir(exist_ok=True)
@@ -82,7 +86,8 @@ def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int =
                 for j in range(n):
                     pid = f"p-{t:05d}-{j:02d}"
                     # Each tile's photos share a random texture, so a random tower still tells tiles apart.
-                    ph = (colour + np.random.default_rng(t).integers(-90, 90, (40, 40, 3))).clip(0, 255)
+                    base = 255 - colour if invert_photos else colour
+                    ph = (base + np.random.default_rng(t).integers(-90, 90, (40, 40, 3))).clip(0, 255)
                     ph = ph.astype(np.uint8)
                     jpgs.append(_jpeg(ph))
                     photos.append({"photo_id": pid, "row": float(rr[j]), "col": float(cc[j])})

@@ -52,7 +52,7 @@ from pathlib import Path
 
 UNITS: dict[str, tuple[str, ...]] = {
     "foundation": ("graft", "graft.config", "graft.credentials", "graft.storage", "graft.geometry",
-                   "graft.imagery", "graft.rejections"),
+                   "graft.imagery", "graft.rejections", "graft.errors", "graft.embedding_metrics"),
     "sources": ("graft.sources",),
     "dataset": ("graft.dataset",),
     "models": ("graft.models", "graft.losses"),

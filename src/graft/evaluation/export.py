@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from graft.errors import GraftError
 from graft.storage import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ EXPORT_INFO = "graft_export.json"
 _PROJECTOR_PREFIX = "projector."
 
 
-class ExportError(RuntimeError):
+class ExportError(GraftError, RuntimeError):
     """The checkpoint cannot be exported as an open_clip model; the message says why."""
 
 

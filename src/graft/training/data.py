@@ -35,11 +35,12 @@ from graft.dataset.embeddings import EmbeddingCacheError, cache_spec_mismatch, r
 from graft.dataset.layout import photo_shard_for
 from graft.dataset.manifest import MANIFEST_FILE, read_manifest
 from graft.dataset.shards import iter_photo_samples, iter_tile_samples
+from graft.errors import GraftError
 from graft.imagery import decode_geotiff, tile_to_rgb8
 from graft.training.augment import Augment, apply_to_image, photo_patch_index
 
 
-class DataError(RuntimeError):
+class DataError(GraftError, RuntimeError):
     """The dataset cannot feed training as configured (missing split, no cache, spec mismatch)."""
 
 
