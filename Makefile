@@ -14,10 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet $(TORCH_PINS)
-	$(VENV)/bin/pip install --quiet -e '.[dev,ray,sam]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,ray,sam,hf,map,benchmarks]'
 	touch $@
 
-setup: $(VENV)/.installed  ## build .venv and install graft with dev+ray+sam extras
+setup: $(VENV)/.installed  ## build .venv and install graft with dev+ray+sam+hf+map+benchmarks extras
 
 demo: $(VENV)/.installed  ## the whole job on the embedded synthetic world (CPU, minutes) -> runs/demo/report.md
 	$(GRAFT) demo --out runs/demo

@@ -21,6 +21,8 @@ HANDLERS = {
     "train": ("graft.training.trainer", "run_train_command"),
     "eval": ("graft.evaluation.run", "run_eval_command"),
     "export": ("graft.evaluation.export", "run_export_command"),
+    "import": ("graft.evaluation.released", "run_import_command"),
+    "map": ("graft.mapsearch.app", "run_map_command"),
     "filter-train": ("graft.pipeline.indoor", "run_filter_train_command"),
     "doctor": ("graft.doctor", "run_doctor_command"),
     "demo": ("graft.demo.run", "run_demo_command"),
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="graft",
         description="Train remote-sensing vision-language models without text annotations, by aligning "
         "satellite encoders to frozen CLIP embeddings of co-located ground photos (GRAFT).",
-        epilog="Stages: build -> embed -> train -> eval -> export. 'graft demo' runs them all on a synthetic world.",
+        epilog="Stages: build -> embed -> train -> eval -> export (import: the authors' released models; map: text search over a region). 'graft demo' runs them all on a synthetic world.",
     )
     parser.add_argument("--version", action="version", version=f"graft {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -89,6 +91,46 @@ def build_parser() -> argparse.ArgumentParser:
                        "loads it: the image tower is the satellite encoder, the text tower is CLIP's.")
     p.add_argument("checkpoint", help="checkpoint folder, or a run folder (its newest valid checkpoint is used)")
     p.add_argument("out_dir")
+
+    p = sub.add_parser("import", help="import a released GRAFT checkpoint (the authors' files) as a graft checkpoint",
+                       description="Convert a released GRAFT checkpoint (satellite_image_backbone.* = a Hugging Face "
+                       "CLIPVisionModelWithProjection, projector.* = the pixel-level head; plain, 'model.'-prefixed "
+                       "or Lightning 'state_dict' layouts) into a graft run folder that 'graft eval', 'graft export' "
+                       "and 'graft map' take. The text tower comes from an open_clip spec.")
+    p.add_argument("released", help="the released file (.ckpt, .pt, .pth or .safetensors)")
+    p.add_argument("out_dir", help="run folder to write (OUT_DIR/checkpoints/step-N/)")
+    p.add_argument("--kind", choices=["image", "pixel"], default=None,
+                   help="image- or pixel-level (default: pixel if the file has a projector, else image)")
+    p.add_argument("--clip-model", default="ViT-B-16-quickgelu",
+                   help="open_clip model giving the text tower and the image tower's architecture "
+                   "(default: ViT-B-16-quickgelu, the released models' backbone)")
+    p.add_argument("--clip-pretrained", default="openai", help="its pretrained tag or local weights file "
+                   "(default: openai)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a checkpoint that pickles more than tensors (only for files you trust)")
+
+    p = sub.add_parser("map", help="search a region by text: heat map + top tiles in a local web page",
+                       description="Embed every tile of a region (a GeoTIFF/COG, or a dataset folder built by "
+                       "'graft build') once with trained or imported models (cached, resumable), then either serve "
+                       "a local web page (type a concept, see the pixel-level similarity heat map and the top-k "
+                       "tiles) or, with --query and --out, write the heat map as a GeoTIFF in the region's CRS. "
+                       "Nothing is fetched from the internet; the page binds to 127.0.0.1 unless --host says otherwise.")
+    p.add_argument("region", help="GeoTIFF/COG of the region, or a dataset folder written by 'graft build'")
+    p.add_argument("--model", "-m", dest="models", action="append", required=True, metavar="CHECKPOINT",
+                   help="checkpoint or run folder (image- or pixel-level; give both with two --model). Image-level "
+                   "embeddings rank the tiles, pixel-level ones make the heat map")
+    p.add_argument("--cache", default=None, help="embedding cache folder (default: runs/map/<region>-<hash>)")
+    p.add_argument("--tile-px", type=int, default=None,
+                   help="raster region: tile side in raster pixels (default: the model's input size)")
+    p.add_argument("--template", default="a satellite image of {}.",
+                   help="prompt a query is put into ('{}' = the query; '{}' alone uses the text as typed)")
+    p.add_argument("--top-k", type=int, default=12, help="tiles listed per query (default 12)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--query", default=None, help="non-interactive: score this text and write --out, no server")
+    p.add_argument("--out", default=None, help="with --query: heat-map GeoTIFF to write (raster region)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port to serve on (default 8765; 0 picks a free one)")
 
     p = sub.add_parser("filter-train", help="fine-tune a 2-class indoor/outdoor ResNet18 on a folder",
                        description="Train the ResNet18 indoor filter on FOLDER/indoor and FOLDER/outdoor images.")
