@@ -8,7 +8,9 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 NPROC_PER_NODE ?= 1
 DATASET ?= runs/dataset-s2
 
-.PHONY: setup demo test test-all lint dataset-naip dataset-s2 embed train-image train-pixel eval bench clean
+BROWSER_PKGS ?= chromium chromium-driver
+
+.PHONY: setup browser demo test test-all lint dataset-naip dataset-s2 embed train-image train-pixel eval bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +24,16 @@ setup: $(VENV)/.installed  ## build .venv and install graft with dev+ray+sam+hf+
 demo: $(VENV)/.installed  ## the whole job on the embedded synthetic world (CPU, minutes) -> runs/demo/report.md
 	$(GRAFT) demo --out runs/demo
 
-test: $(VENV)/.installed  ## the CI suite (fast, CPU only)
+# The map page's browser test drives Debian's headless Chromium (no browser download). Fast when installed.
+browser:  ## install chromium + chromedriver from Debian if missing (root or sudo)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(BROWSER_PKGS); }
+
+test: $(VENV)/.installed browser  ## the CI suite (fast, CPU only)
 	$(PY) -m pytest -q -m "not heavy" tests
 
-test-all: $(VENV)/.installed  ## everything, including tests marked heavy
+test-all: $(VENV)/.installed browser  ## everything, including tests marked heavy
 	$(PY) -m pytest -q tests
 
 lint: $(VENV)/.installed
