@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from graft.mapsearch.index import MapIndex, MapModels, build_index, cache_key, default_cache_dir, load_map_models
+from graft.mapsearch.index import (
+    MapIndex,
+    MapModels,
+    build_index,
+    cache_key,
+    default_cache_dir,
+    load_map_models,
+)
 from graft.mapsearch.region import DatasetRegion, MapTile, RasterRegion, RegionError, open_region, png_bytes
 
 log = logging.getLogger(__name__)
