@@ -11,7 +11,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers_data import tiny_clip_spec
+from helpers_data import make_class_folders, tiny_clip_spec
 from PIL import Image
 
 from graft.evaluation.released import ReleasedCheckpointError, import_released, run_import_command
@@ -178,16 +178,6 @@ def test_a_tower_of_another_shape_is_refused_naming_the_tensor(hf_setup, tmp_pat
     assert "\n" not in str(err.value)
 
 
-def _make_eurosat(root: Path, per_class: int = 5) -> Path:
-    rng = np.random.default_rng(0)
-    for cls, color in CLASSES.items():
-        (root / cls).mkdir(parents=True)
-        for n in range(per_class):
-            arr = np.clip(np.array(color) + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / cls / f"{cls}_{n + 1}.png")
-    return root
-
-
 def test_imported_model_zero_shot_through_graft_eval_equals_hugging_face_directly(hf_setup, tmp_path):
     """graft eval on the imported checkpoint == the HF model + the spec's text tower on the same images."""
     from graft.evaluation.run import evaluate
@@ -196,7 +186,7 @@ def test_imported_model_zero_shot_through_graft_eval_equals_hugging_face_directl
     src = _save_layout(_released_state(hf, bias=False), tmp_path / "r.ckpt", False, True, True, True)
     run_import_command(argparse.Namespace(released=str(src), out_dir=str(tmp_path / "run"), kind=None,
                                           clip_model=spec.model, clip_pretrained=spec.pretrained, trust_pickle=False))
-    root = _make_eurosat(tmp_path / "eurosat")
+    root = make_class_folders(tmp_path / "eurosat", CLASSES, per_class=5, size=32, noise=40)
     templates = ["a satellite image of {}.", "an aerial photo of {}."]
     result = evaluate({"models": [{"name": "imported", "checkpoint": str(tmp_path / "run")}], "include_baseline": False,
                        "benchmarks": [{"name": "es", "type": "eurosat", "root": str(root), "tasks": ["zeroshot"],
