@@ -114,21 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
                        "'graft build') once with trained or imported models (cached, resumable), then either serve "
                        "a local web page (type a concept, see the pixel-level similarity heat map and the top-k "
                        "tiles) or, with --query and --out, write the heat map as a GeoTIFF in the region's CRS. "
-                       "Nothing is fetched from the internet; the page binds to 127.0.0.1 unless --host says otherwise.")
+                       "Nothing is fetched from the internet; the page binds to 127.0.0.1 unless --host says otherwise.",
+                       epilog="examples:  graft map region.tif -m runs/s2-image -m runs/s2-pixel   |   "
+                       "graft map region.tif -m runs/s2-pixel --query 'solar farm' --out solar.tif")
     p.add_argument("region", help="GeoTIFF/COG of the region, or a dataset folder written by 'graft build'")
     p.add_argument("--model", "-m", dest="models", action="append", required=True, metavar="CHECKPOINT",
-                   help="checkpoint or run folder (image- or pixel-level; give both with two --model). Image-level "
-                   "embeddings rank the tiles, pixel-level ones make the heat map")
+                   help="checkpoint, run or 'graft export' folder, image- or pixel-level (give one of each with two "
+                   "--model). Image-level embeddings rank the tiles, pixel-level ones make the heat map")
     p.add_argument("--cache", default=None, help="embedding cache folder (default: runs/map/<region>-<hash>)")
     p.add_argument("--tile-px", type=int, default=None,
                    help="raster region: tile side in raster pixels (default: the model's input size)")
     p.add_argument("--template", default="a satellite image of {}.",
-                   help="prompt a query is put into ('{}' = the query; '{}' alone uses the text as typed)")
+                   help="prompt a query is put into, '{}' = the query (default: 'a satellite image of {}.'; "
+                   "'{}' alone uses the text as typed)")
     p.add_argument("--top-k", type=int, default=12, help="tiles listed per query (default 12)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="tiles per forward pass (default 32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--query", default=None, help="non-interactive: score this text and write --out, no server")
-    p.add_argument("--out", default=None, help="with --query: heat-map GeoTIFF to write (raster region)")
+    p.add_argument("--query", default=None, help="non-interactive: print this query's top tiles (and write --out) instead of serving")
+    p.add_argument("--out", default=None, help="with --query: the heat-map GeoTIFF to write, in the raster's CRS (a dataset region: a folder, "
+                   "one GeoTIFF per top tile)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port to serve on (default 8765; 0 picks a free one)")
 

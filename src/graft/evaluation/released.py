@@ -273,8 +273,8 @@ def import_released(src: str | Path, out_dir: str | Path, kind: str | None = Non
         raise ReleasedCheckpointError(f"{src}: the file holds a pixel-level projector ({PROJECTOR_PREFIX}*); import it "
                                       "with --kind pixel (an image-level import would drop it)")
     bundle = load_clip(clip)
-    _check_quickgelu(bundle.model.visual, clip)
-    encoder = build_encoder(kind, bundle.model.visual)
+    encoder = build_encoder(kind, bundle.model.visual)  # refuses a tower that is not an open_clip ViT
+    _check_quickgelu(encoder.visual, clip)
     state = released_encoder_state(released, encoder.state_dict(), kind)
     encoder.load_state_dict(state, strict=True)
     record = {"source": str(Path(src).resolve()), "kind": kind, "released_step": released.step,
