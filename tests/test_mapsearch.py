@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import re
 from pathlib import Path
 
@@ -147,5 +148,6 @@ def test_web_app_endpoints_serve_only_local_assets(setup, tmp_path):
                 f"/tile/{res['top'][0]['tile_id']}/heat.png?q=forest"):
         r = client.get(url)
         assert r.status_code == 200 and r.mimetype == "image/png", url
+        assert Image.open(io.BytesIO(r.get_data())).size[0] > 0, url
     assert client.get("/tile/nope.png").status_code == 404
     assert client.get("/api/search?q=%20").status_code == 400

@@ -106,7 +106,8 @@ def create_app(index: MapIndex, models: MapModels, template: str, top_k: int, de
                 texts.popitem(last=False)
         return texts[query]
 
-    def png(data: bytes) -> Response:
+    def png(image: bytes | np.ndarray) -> Response:
+        data = image if isinstance(image, bytes) else png_bytes(image)
         return Response(data, mimetype="image/png", headers={"Cache-Control": "no-store"})
 
     @app.get("/")

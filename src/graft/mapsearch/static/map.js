@@ -102,9 +102,12 @@ async function init() {
     (r.crs ? `, ${r.crs}` : "") + ` — prompt "${info.template}"`;
   if (info.has_preview) {
     $("preview").src = "/preview.png";
+    // The heat map covers whole tiles; the last row and column of tiles may reach past the raster's edge.
+    $("heat").style.width = `${(100 * r.n_cols * r.tile_px) / r.width}%`;
+    $("heat").style.height = `${(100 * r.n_rows * r.tile_px) / r.height}%`;
   } else {
     $("preview").hidden = true;
-    $("dots").hidden = false;
+    $("dots-box").hidden = false;
     drawDots(null, [0, 1]);
   }
   $("search-form").addEventListener("submit", (e) => {
