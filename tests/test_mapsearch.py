@@ -95,6 +95,11 @@ def test_query_heat_mosaic_and_geotiff(setup, tmp_path):
     top = index.top_tiles(text, 20)
     assert all(t.valid >= 0.5 for t, _ in top) and len(top) < 12  # mostly-padded edge tiles are not ranked
     assert [s for _, s in top] == sorted((s for _, s in top), reverse=True)
+    assert models.default_rank == "pixel"  # the trained pixel head orders the list: the heat map's hottest tiles
+    by_heat = index.top_tiles(text, 3, by="pixel")
+    assert [s for _, s in by_heat] == pytest.approx(
+        [float(np.nanmean(heat[(t.row0 // 8):(t.row0 // 8) + 4, (t.col0 // 8):(t.col0 // 8) + 4])) for t, _ in by_heat],
+        abs=1e-5)
 
     out = write_heat_geotiff(tmp_path / "heat.tif", heat, region.crs, index.heat_transform())
     with rasterio.open(out) as h:
@@ -106,7 +111,7 @@ def test_cli_query_writes_geotiff_and_lists_tiles(setup, tmp_path, capsys):
     args = argparse.Namespace(region=str(setup["raster"]), models=[str(setup["image"]), str(setup["pixel"])],
                               cache=str(tmp_path / "c"), tile_px=None, template="a satellite image of {}.", top_k=3,
                               batch_size=8, device="cpu", query="forest", out=str(tmp_path / "heat.tif"),
-                              host="127.0.0.1", port=0)
+                              host="127.0.0.1", port=0, rank="auto")
     assert run_map_command(args) == 0
     out = capsys.readouterr().out
     assert len(re.findall(r"^\s+\d\. r\d{4}c\d{4}  score", out, re.M)) == 3
@@ -121,7 +126,7 @@ def test_dataset_region_one_heat_geotiff_per_top_tile(setup, tmp_path):
     assert isinstance(region, DatasetRegion) and len(region.tiles) == 5
     args = argparse.Namespace(region=str(ds), models=[str(setup["pixel"])], cache=str(tmp_path / "c"), tile_px=None,
                               template="{}", top_k=2, batch_size=8, device="cpu", query="water",
-                              out=str(tmp_path / "heat"), host="127.0.0.1", port=0)
+                              out=str(tmp_path / "heat"), host="127.0.0.1", port=0, rank="auto")
     assert run_map_command(args) == 0
     files = sorted((tmp_path / "heat").glob("*.tif"))
     assert len(files) == 2
@@ -133,7 +138,7 @@ def test_dataset_region_one_heat_geotiff_per_top_tile(setup, tmp_path):
 def test_web_app_endpoints_serve_only_local_assets(setup, tmp_path):
     models = load_map_models([setup["image"], setup["pixel"]], "cpu")
     index = build_index(RasterRegion(setup["raster"], 32), models, tmp_path / "cache")
-    client = create_app(index, models, "a satellite image of {}.", 4, "cpu").test_client()
+    client = create_app(index, models, "a satellite image of {}.", 4, "cpu", models.default_rank).test_client()
     page = client.get("/").get_data(as_text=True)
     assert "/static/map.js" in page and "/static/map.css" in page
     static = Path(__file__).parents[1] / "src" / "graft" / "mapsearch" / "static"
@@ -142,7 +147,7 @@ def test_web_app_endpoints_serve_only_local_assets(setup, tmp_path):
     info = client.get("/api/info").get_json()
     assert info["region"]["n_tiles"] == 12 and info["has_preview"]
     res = client.get("/api/search?q=forest").get_json()
-    assert res["prompt"] == "a satellite image of forest." and len(res["top"]) == 4
+    assert res["prompt"] == "a satellite image of forest." and len(res["top"]) == 4 and res["rank"] == "pixel"
     assert res["top"][0]["rank"] == 1 and {"lat", "lon", "row0", "col0", "tile_id"} <= set(res["top"][0])
     for url in ("/preview.png", "/heat.png?q=forest", f"/tile/{res['top'][0]['tile_id']}.png",
                 f"/tile/{res['top'][0]['tile_id']}/heat.png?q=forest"):

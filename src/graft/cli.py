@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("region", help="GeoTIFF/COG of the region, or a dataset folder written by 'graft build'")
     p.add_argument("--model", "-m", dest="models", action="append", required=True, metavar="CHECKPOINT",
                    help="checkpoint, run or 'graft export' folder, image- or pixel-level (give one of each with two "
-                   "--model). Image-level embeddings rank the tiles, pixel-level ones make the heat map")
+                   "--model). Pixel-level embeddings make the heat map; see --rank for the tile list")
     p.add_argument("--cache", default=None, help="embedding cache folder (default: runs/map/<region>-<hash>)")
     p.add_argument("--tile-px", type=int, default=None,
                    help="raster region: tile side in raster pixels (default: the model's input size)")
@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt a query is put into, '{}' = the query (default: 'a satellite image of {}.'; "
                    "'{}' alone uses the text as typed)")
     p.add_argument("--top-k", type=int, default=12, help="tiles listed per query (default 12)")
+    p.add_argument("--rank", choices=["auto", "image", "pixel"], default="auto",
+                   help="order tiles by image-level similarity or by their mean pixel-level similarity (the heat "
+                   "map's); auto: pixel when a pixel-level model is given, else image")
     p.add_argument("--batch-size", type=int, default=32, help="tiles per forward pass (default 32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--query", default=None, help="non-interactive: print this query's top tiles (and write --out) instead of serving")

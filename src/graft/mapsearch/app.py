@@ -87,7 +87,7 @@ def _tile_json(tile: MapTile, score: float, rank: int) -> dict[str, Any]:
             "lon": round(lon, 6), "row0": tile.row0, "col0": tile.col0, "size": tile.size, "crs": tile.crs}
 
 
-def create_app(index: MapIndex, models: MapModels, template: str, top_k: int, device: str):
+def create_app(index: MapIndex, models: MapModels, template: str, top_k: int, device: str, rank: str):
     """The Flask app serving the map page for ``index``."""
     from flask import Flask, Response, abort, jsonify, request, send_from_directory
 
@@ -121,6 +121,7 @@ def create_app(index: MapIndex, models: MapModels, template: str, top_k: int, de
     @app.get("/api/info")
     def info():
         return jsonify({"region": region.describe(), "template": template, "top_k": top_k, "grid": index.grid,
+                        "rank": rank,
                         "models": [m.description for m in {id(models.image): models.image,
                                                            id(models.pixel): models.pixel}.values()],
                         "has_preview": preview is not None,
@@ -132,9 +133,9 @@ def create_app(index: MapIndex, models: MapModels, template: str, top_k: int, de
         q = request.args.get("q", "")
         k = min(int(request.args.get("k", top_k)), len(region.tiles))
         text = text_embedding(q)
-        top = index.top_tiles(text, k)
-        scores = index.tile_scores(text)
-        return jsonify({"query": q.strip(), "prompt": prompt_for(template, q),
+        top = index.top_tiles(text, k, by=rank)
+        scores = index.ranking_scores(text, rank)
+        return jsonify({"query": q.strip(), "prompt": prompt_for(template, q), "rank": rank,
                         "top": [_tile_json(t, s, i + 1) for i, (t, s) in enumerate(top)],
                         "score_range": [float(np.min(scores)), float(np.max(scores))],
                         "tile_scores": None if preview is not None else [round(float(s), 5) for s in scores]})
@@ -195,6 +196,7 @@ def run_map_command(args) -> int:
         raise RegionError(f"--template needs '{{}}' where the query goes, got {args.template!r}")
     device = resolve_device(args.device)
     models = load_map_models(args.models, device)
+    rank = models.default_rank if args.rank == "auto" else args.rank
     region = open_region(args.region, args.tile_px, models.image_size)
     if isinstance(region, DatasetRegion) and args.out and Path(args.out).suffix.lower() in (".tif", ".tiff"):
         raise RegionError("a dataset region's tiles have their own grids: --out must be a folder (one GeoTIFF per "
@@ -205,8 +207,9 @@ def run_map_command(args) -> int:
           f"patches each; embeddings cached in {cache}")
     if args.query:
         text = models.encode_query(prompt_for(args.template, args.query), device)
-        top = index.top_tiles(text, args.top_k)
-        print(f"query {args.query!r} (prompt {prompt_for(args.template, args.query)!r}): top {len(top)} tiles")
+        top = index.top_tiles(text, args.top_k, by=rank)
+        print(f"query {args.query!r} (prompt {prompt_for(args.template, args.query)!r}): top {len(top)} tiles "
+              f"by {rank}-level similarity")
         for rank, (t, s) in enumerate(top, 1):
             lat, lon = t.latlon(t.size / 2, t.size / 2)
             print(f"  {rank:>3}. {t.tile_id}  score {s:.4f}  centre lat {lat:.6f} lon {lon:.6f}  "
@@ -217,5 +220,5 @@ def run_map_command(args) -> int:
         return 0
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: other machines can reach this page", file=sys.stderr)
-    serve(create_app(index, models, args.template, args.top_k, device), args.host, args.port)
+    serve(create_app(index, models, args.template, args.top_k, device, rank), args.host, args.port)
     return 0

@@ -45,6 +45,12 @@ class MapModels:
     sources: list[dict[str, Any]]
 
     @property
+    def default_rank(self) -> str:
+        """Rank tiles by the trained head: the pixel-level one when there is one (the list then follows the
+        heat map), else the image-level embedding (untrained patch tokens would rank worse)."""
+        return "pixel" if self.pixel.patch_source == "trained" else "image"
+
+    @property
     def image_size(self) -> int:
         return int(self.image.preprocess_cfg["size"])
 
@@ -116,9 +122,19 @@ class MapIndex:
         p = self.patch if rows is None else self.patch[rows]
         return np.einsum("ngwd,d->ngw", p, text.astype(p.dtype), dtype=np.float32)
 
-    def top_tiles(self, text: np.ndarray, k: int, min_valid: float = 0.5) -> list[tuple[MapTile, float]]:
-        """The ``k`` best tiles by image-level similarity; tiles mostly outside the raster are not ranked."""
-        scores = self.tile_scores(text)
+    def ranking_scores(self, text: np.ndarray, by: str) -> np.ndarray:
+        """(N,) tile scores: ``image`` = image-level similarity, ``pixel`` = mean pixel-level similarity over
+        the tile (the tile's mean on the heat map)."""
+        if by == "image":
+            return self.tile_scores(text)
+        if by == "pixel":
+            return self.patch_scores(text).mean(axis=(1, 2))
+        raise ValueError(f"rank by 'image' or 'pixel', got {by!r}")
+
+    def top_tiles(self, text: np.ndarray, k: int, by: str = "image",
+                  min_valid: float = 0.5) -> list[tuple[MapTile, float]]:
+        """The ``k`` best tiles (see :meth:`ranking_scores`); tiles mostly outside the raster are not ranked."""
+        scores = self.ranking_scores(text, by)
         valid = np.array([t.valid >= min_valid for t in self.region.tiles])
         scores = np.where(valid, scores, -np.inf)
         order = np.argsort(-scores, kind="stable")[:k]

@@ -99,7 +99,7 @@ async function init() {
   const r = info.region;
   $("region-info").textContent =
     `${r.name}: ${r.n_tiles} tiles of ${r.tile_px} px, ${info.grid}x${info.grid} patches each` +
-    (r.crs ? `, ${r.crs}` : "") + ` — prompt "${info.template}"`;
+    (r.crs ? `, ${r.crs}` : "") + ` — prompt "${info.template}", tiles ranked by ${info.rank}-level similarity`;
   if (info.has_preview) {
     $("preview").src = "/preview.png";
     // The heat map covers whole tiles; the last row and column of tiles may reach past the raster's edge.
