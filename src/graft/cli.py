@@ -23,7 +23,7 @@ HANDLERS = {
     "export": ("graft.evaluation.export", "run_export_command"),
     "import": ("graft.evaluation.released", "run_import_command"),
     "map": ("graft.mapsearch.app", "run_map_command"),
-    "filter-train": ("graft.pipeline.indoor", "run_filter_train_command"),
+    "filter-train": ("graft.training.indoor_filter", "run_filter_train_command"),
     "doctor": ("graft.doctor", "run_doctor_command"),
     "demo": ("graft.demo.run", "run_demo_command"),
 }

@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from affine import Affine
 
-from graft.geometry import crs_to_lonlat
+from graft.dataset.shards import MemberLocation
+from graft.geometry import TileGrid, crs_to_lonlat
 from graft.imagery import decode_geotiff, tile_to_rgb8
 
 
@@ -129,27 +129,29 @@ class RasterRegion:
 
 
 class DatasetRegion:
-    """The tiles of a dataset folder written by ``graft build`` (``tiles/*.tar``, one GeoTIFF per sample)."""
+    """The tiles of a dataset folder written by ``graft build`` (read through :mod:`graft.dataset`)."""
 
     kind = "dataset"
 
     def __init__(self, root: str | Path):
+        from graft.dataset.layout import tile_shards
+        from graft.dataset.shards import index_tile_shard
+
         self.root = Path(root)
-        self.shards = sorted((self.root / "tiles").glob("*.tar"))
+        self.shards = tile_shards(self.root)
         if not self.shards:
-            raise RegionError(f"{self.root} has no tiles/*.tar; give a dataset folder written by 'graft build' "
+            raise RegionError(f"{self.root} has no tile shards; give a dataset folder written by 'graft build' "
                               "or a GeoTIFF")
-        self._where: dict[str, tuple[Path, str]] = {}
+        self._tif: dict[str, MemberLocation] = {}
         self.tiles: list[MapTile] = []
         for shard in self.shards:
-            with tarfile.open(shard) as tar:
-                for member in tar.getmembers():
-                    if not member.name.endswith(".tif"):
-                        continue
-                    key = member.name[:-len(".tif")]
-                    _, grid = decode_geotiff(tar.extractfile(member).read())
-                    self.tiles.append(MapTile(key, grid.crs, grid.transform, grid.size))
-                    self._where[key] = (shard, member.name)
+            for t in index_tile_shard(shard):
+                if not t.complete:
+                    raise RegionError(f"{shard}: tile {t.tile_id!r} lacks its record or GeoTIFF (has {t.members}); "
+                                      "rebuild that partition")
+                grid = TileGrid.from_json(t.record["grid"])
+                self.tiles.append(MapTile(t.tile_id, grid.crs, grid.transform, grid.size))
+                self._tif[t.tile_id] = t.tif
         self._by_id = {t.tile_id: t for t in self.tiles}
         self.tile_px = max(t.size for t in self.tiles)
 
@@ -159,9 +161,7 @@ class DatasetRegion:
         return self._by_id[tile_id]
 
     def read_rgb(self, tile: MapTile) -> np.ndarray:
-        shard, name = self._where[tile.tile_id]
-        with tarfile.open(shard) as tar:
-            arr, _ = decode_geotiff(tar.extractfile(name).read())
+        arr, _ = decode_geotiff(self._tif[tile.tile_id].read())
         return tile_to_rgb8(arr)
 
     def fingerprint(self) -> dict:
