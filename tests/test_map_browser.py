@@ -113,7 +113,13 @@ def _requested_urls(driver) -> list[str]:
     return urls
 
 
-def run_browser_queries(out: Path, work: Path, screenshot: Path) -> dict:
+@pytest.fixture(scope="module")
+def map_cache(tmp_path_factory) -> Path:
+    """One embedding cache for the demo region, shared by this module's tests (same region and models)."""
+    return tmp_path_factory.mktemp("map-cache") / "cache"
+
+
+def run_browser_queries(out: Path, cache: Path, screenshot: Path) -> dict:
     """Open the map page for the demo, query every held-out class; returns what the browser saw."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -124,7 +130,7 @@ def run_browser_queries(out: Path, work: Path, screenshot: Path) -> dict:
     world_classes = p["classes"].read_text().split()
     with rasterio.open(p["labels"]) as src:
         labels = src.read(1)
-    server = MapServer(_graft_map_argv(out, work / "cache", "--port", "0", "--top-k", "8"))
+    server = MapServer(_graft_map_argv(out, cache, "--port", "0", "--top-k", "8"))
     driver = None
     try:
         driver = _chromium()
@@ -158,10 +164,10 @@ def run_browser_queries(out: Path, work: Path, screenshot: Path) -> dict:
     return {"found": found, "urls": urls, "url": server.url}
 
 
-def test_map_page_finds_each_class_and_stays_on_localhost(quick_demo, tmp_path):
+def test_map_page_finds_each_class_and_stays_on_localhost(quick_demo, map_cache, tmp_path):
     out, _ = quick_demo
     shot = tmp_path / "map_screenshot.png"
-    seen = run_browser_queries(out, tmp_path, shot)
+    seen = run_browser_queries(out, map_cache, shot)
     print(f"\nmap page screenshot: {shot}")
     for q, f in seen["found"].items():
         print(f"  query {q!r}: top tile {f['tile']} is {f['true_class']} ({f['purity']:.0%} of its pixels)")
@@ -176,11 +182,11 @@ def test_map_page_finds_each_class_and_stays_on_localhost(quick_demo, tmp_path):
     assert len(seen["found"]) == 6 and right >= 5, seen["found"]
 
 
-def test_map_heat_geotiff_is_georeferenced_like_the_source(quick_demo, tmp_path):
+def test_map_heat_geotiff_is_georeferenced_like_the_source(quick_demo, map_cache, tmp_path):
     out, _ = quick_demo
     p = demo_paths(out)
     heat_path = tmp_path / "water.tif"
-    res = subprocess.run(_graft_map_argv(out, tmp_path / "cache", "--query", "water", "--out", str(heat_path)),
+    res = subprocess.run(_graft_map_argv(out, map_cache, "--query", "water", "--out", str(heat_path)),
                          capture_output=True, text=True, env=_env(), timeout=1800)
     assert res.returncode == 0, res.stdout + res.stderr
     with rasterio.open(p["map"]) as src, rasterio.open(heat_path) as heat, rasterio.open(p["labels"]) as lab:
