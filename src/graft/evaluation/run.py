@@ -142,8 +142,10 @@ class BenchmarkEntry(StrictModel):
     train_split: str = "train"  # split the probes train on when the set has splits
     pairs_split: str = "test"  # graft_pairs: which split's tiles to use
     max_images: int | None = Field(default=None, ge=1)  # seeded random subset, for quick runs
-    gsd: float | None = Field(default=None, gt=0)  # rsvqa: metres per pixel (default: LR 10, HR 0.15)
-    rsvqa_variant: Literal["lr", "hr"] | None = None  # rsvqa: layout; detected from the file names if omitted
+    gsd: float | None = Field(default=None, gt=0, description="rsvqa: metres per pixel of the images "
+                              "(default: LR 10, HR 0.15)")
+    rsvqa_variant: Literal["lr", "hr"] | None = Field(default=None, description="rsvqa: RSVQA-LR or -HR layout; "
+                                                     "detected from the file names if omitted")
 
     @model_validator(mode="after")
     def _tasks_fit_type(self) -> BenchmarkEntry:
@@ -233,24 +235,31 @@ class SegmentationSettings(StrictModel):
 class ChatWriterSettings(StrictModel):
     """An OpenAI-compatible chat-completions endpoint that writes VQA programs (graft.vqa.chat_writer)."""
 
-    url: str  # API base (http://127.0.0.1:8000/v1) or the full .../chat/completions URL
-    model: str
-    api_key_env: str | None = None  # name of the environment variable holding the key (never the key itself)
-    timeout_s: float = Field(default=60.0, gt=0)
+    url: str = Field(description="API base (http://127.0.0.1:8000/v1) or the full .../chat/completions URL")
+    model: str = Field(description="model name served at the endpoint")
+    api_key_env: str | None = Field(default=None, description="name of the environment variable holding the "
+                                    "key (never the key itself)")
+    timeout_s: float = Field(default=60.0, gt=0, description="seconds to wait for one answer")
 
 
 class VqaSettings(StrictModel):
     """Zero-shot VQA as programs over the pixel-level model (graft.vqa; thresholds: see eval/README.md)."""
 
-    writer: Literal["rsvqa_parser", "chat"] = "rsvqa_parser"
-    chat: ChatWriterSettings | None = None  # required when writer: chat
-    templates: list[str] = ["a photo of a {}."]  # prompt templates of a concept
-    background: list[str] | None = None  # prompts every concept competes with; None: generic land-cover terms
-    sam: bool = False  # refine concept masks with SAM (segmentation.sam_checkpoint)
-    min_region_patches: float = Field(default=0.5, ge=0)  # smaller regions are upsampling artefacts
-    small_max_m2: float = Field(default=100.0, gt=0)
-    large_min_m2: float = Field(default=1000.0, gt=0)
-    next_to_m: float = Field(default=1000.0, gt=0)
+    writer: Literal["rsvqa_parser", "chat"] = Field(
+        default="rsvqa_parser", description="who turns a question into a program: the built-in RSVQA template "
+        "parser, or a chat-completions endpoint (vqa.chat)")
+    chat: ChatWriterSettings | None = Field(default=None, description="the endpoint; required when writer: chat")
+    templates: list[str] = Field(default=["a photo of a {}."], description="prompt templates of a concept "
+                                 "('{}' = the concept)")
+    background: list[str] | None = Field(default=None, description="prompts every concept competes with for a "
+                                         "pixel; None: a generic land-cover list")
+    sam: bool = Field(default=False, description="refine concept masks with SAM (segmentation.sam_checkpoint)")
+    min_region_patches: float = Field(default=0.5, ge=0, description="regions smaller than this many patches "
+                                      "are dropped as upsampling artefacts")
+    small_max_m2: float = Field(default=100.0, gt=0, description="'small' regions are at most this area (m^2)")
+    large_min_m2: float = Field(default=1000.0, gt=0, description="'large' regions are at least this area (m^2)")
+    next_to_m: float = Field(default=1000.0, gt=0, description="'next to' means within this distance (m), "
+                             "as in RSVQA")
 
     @model_validator(mode="after")
     def _writer_configured(self) -> VqaSettings:
@@ -296,7 +305,7 @@ class EvalConfig(StrictModel):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
-    vqa: VqaSettings = Field(default_factory=VqaSettings)
+    vqa: VqaSettings = Field(default_factory=VqaSettings, description="zero-shot VQA settings (rsvqa benchmarks)")
     alignment_k: int = Field(default=10, ge=1)
     plots: bool = True
     skip_missing: bool = False  # a missing benchmark is noted in the report and skipped instead of failing the run
