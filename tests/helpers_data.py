@@ -52,8 +52,11 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 
 
 def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int = 48, n_shards: int = 2,
-                 seed: int = 0, embed: bool = True, splits=("train",)) -> Path:
-    """Write manifest.parquet + tiles/photos shards; tiles get 1..6 photos whose colour follows the tile's."""
+                 seed: int = 0, embed: bool = True, splits=("train",), bands=("R", "G", "B")) -> Path:
+    """Write manifest.parquet + tiles/photos shards; tiles get 1..6 photos whose colour follows the tile's.
+
+    ``bands`` names the tile bands, R, G, B first; bands beyond three hold random uint8 values.
+    """
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     (root / "tiles").mkdir(exist_ok=True)
@@ -73,6 +76,9 @@ def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int =
                 colour = rng.integers(0, 256, 3)
                 tile = (colour[:, None, None] + rng.integers(-20, 20, (3, tile_size, tile_size))).clip(0, 255)
                 tile = tile.astype(np.uint8)
+                if len(bands) > 3:
+                    extra = rng.integers(0, 256, (len(bands) - 3, tile_size, tile_size)).astype(np.uint8)
+                    tile = np.concatenate([tile, extra])
                 n = int(rng.integers(1, 7))
                 rr = rng.uniform(0, tile_size, n)
                 cc = rng.uniform(0, tile_size, n)
@@ -91,7 +97,7 @@ def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int =
                                  "row": float(rr[j]), "col": float(cc[j]), "split": split, "source": "test",
                                  "license": "", "owner": "", "outdoor_score": 1.0, "tile_shard": tname,
                                  "photo_shard": pname, "tile_crs": grid.crs, "tile_date": None, "partition": s})
-                meta = {"tile_id": tile_id, "grid": grid.to_json(), "bands": ["R", "G", "B"], "date": None,
+                meta = {"tile_id": tile_id, "grid": grid.to_json(), "bands": list(bands), "date": None,
                         "source": "test", "split": split, "photos": photos}
                 sample = {"__key__": tile_id, "tif": encode_geotiff(tile, grid), "json": json.dumps(meta).encode()}
                 if embed:

@@ -12,9 +12,28 @@ from graft.models.clip_tower import ClipSpec
 
 
 class ModelSection(StrictModel):
+    """The satellite encoder.
+
+    Attributes:
+        kind: ``image`` (one embedding per tile) or ``pixel`` (one per patch).
+        bands: tile bands the encoder reads, R, G, B first (e.g. ``[B4, B3, B2, B8]``,
+            ``[R, G, B, N]``); None reads the tiles' R, G, B bands (an RGB encoder).
+            R, G, B start from CLIP's weights and every further band from zero; the
+            further bands are normalised with the dataset's band statistics.
+    """
+
     kind: Literal["image", "pixel"] = "image"
+    bands: list[str] | None = None
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the encoder (PyTorch 2.x); off by default
+
+    @field_validator("bands")
+    @classmethod
+    def _rgb_first_no_repeats(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (len(v) < 3 or len(set(v)) != len(v)):
+            raise ValueError(f"model.bands lists R, G, B first, then any further bands, each once "
+                             f"(e.g. [B4, B3, B2, B8]); got {v}")
+        return v
 
 
 class OptimSection(StrictModel):

@@ -26,6 +26,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from graft.config import dump_config, load_config
+from graft.dataset.band_stats import band_mean_std, read_band_stats
+from graft.imagery import BandNorm
 from graft.losses import image_level_loss, pixel_level_loss
 from graft.models.checkpoint import (
     find_latest_checkpoint,
@@ -105,6 +107,22 @@ def graft_loss(forward, kind: str, images: torch.Tensor, ground: torch.Tensor, o
     return loss * scale, loss.detach()
 
 
+def encoder_band_norm(cfg: TrainConfig, clip_preprocess: dict[str, Any]) -> BandNorm | None:
+    """What a multispectral encoder reads and how (None for an RGB encoder).
+
+    R, G, B keep CLIP's normalisation (its weights were trained on it); every further band is
+    normalised with its mean and std over the training split, from the dataset's band statistics.
+    """
+    bands = cfg.model.bands
+    if bands is None:
+        return None
+    mean, std = list(clip_preprocess["mean"]), list(clip_preprocess["std"])
+    if len(bands) > 3:
+        extra_mean, extra_std = band_mean_std(read_band_stats(cfg.data.dataset), cfg.data.split, bands[3:])
+        mean, std = mean + extra_mean, std + extra_std
+    return BandNorm(tuple(bands), tuple(mean), tuple(std))
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to ``optim.lr``, then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
     o, total = cfg.optim, cfg.train.max_steps
@@ -146,7 +164,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         dev = self.info.device
         self.bundle = load_clip(cfg.clip, device="cpu")
-        encoder = build_encoder(cfg.model.kind, self.bundle.model.visual)
+        pcfg = self.bundle.model.visual.preprocess_cfg
+        self.band_norm = encoder_band_norm(cfg, pcfg)
+        encoder = build_encoder(cfg.model.kind, self.bundle.model.visual,
+                                in_chans=self.band_norm.channels if self.band_norm else 3)
         if cfg.model.grad_checkpointing:
             encoder.set_grad_checkpointing(True)
         self.model = GraftModel(encoder, cfg.loss.temperature, cfg.loss.learn_temperature,
@@ -165,14 +186,15 @@ class Trainer:
         self.bad_total = 0
         self.bad_run = 0
         self.data_state = {"epoch": 0, "batch_in_epoch": 0}
-        pcfg = self.bundle.model.visual.preprocess_cfg
+        norm = self.band_norm
         shards = split_shards(cfg.data.dataset, cfg.data.split)
         if not live_ground:
             check_embedding_cache(shards, spec_record(self.bundle))
         self.stream = StreamSpec(
             shards=shards, split=cfg.data.split, batch_size=cfg.data.batch_size,
             crop_size=encoder.image_size, patch_size=encoder.patch_size,
-            mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]), seed=cfg.train.seed,
+            mean=norm.mean if norm else tuple(pcfg["mean"]), std=norm.std if norm else tuple(pcfg["std"]),
+            bands=norm.bands if norm else None, seed=cfg.train.seed,
             rank=self.info.rank, world_size=self.info.world_size, flips=cfg.data.flips, rot90=cfg.data.rot90,
             shuffle_buffer=cfg.data.shuffle_buffer, max_photos=cfg.data.max_photos_per_tile,
             live_ground=live_ground, photo_transform=self.bundle.preprocess if live_ground else None,
@@ -196,7 +218,8 @@ class Trainer:
             }
             meta = {"kind": self.cfg.model.kind, "clip": self.cfg.clip.model_dump(),
                     "embed_dim": self.bundle.embed_dim, "input_size": self.model.encoder.image_size,
-                    "patch_size": self.model.encoder.patch_size}
+                    "patch_size": self.model.encoder.patch_size,
+                    "bands": self.band_norm.to_json() if self.band_norm else None}
             path = save_checkpoint(self.run_dir, self.step, self._encoder_state(), trainer_state, meta,
                                    dump_config(self.cfg), keep_last=self.cfg.train.keep_last)
         if self.info.enabled:

@@ -1,0 +1,156 @@
+"""Per-band statistics of a dataset's tiles: ``band_stats.json`` beside the manifest.
+
+A multispectral encoder normalises every band beyond R, G, B with the mean and
+standard deviation of that band over the training split's tiles, so the build
+writes them once, for every split, and the trainer copies the ones it used
+into the checkpoint.
+
+A pixel counts when it holds data: sources mark missing data as 0 in every
+band, so a pixel that is 0 in all bands is left out. Sums run over integers
+(tiles are uint8 or uint16), so the statistics are exact up to the final
+division, whatever the tile order.
+
+```
+{"format": "graft-band-stats-1", "bands": [...], "dtype": "uint16",
+ "splits": {"train": {"tiles": 120, "bands": {"B4": {"mean": .., "std": .., "count": ..}, ...}}, ...}}
+```
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graft.storage import atomic_write_json
+
+BAND_STATS_FILE = "band_stats.json"
+BAND_STATS_FORMAT = "graft-band-stats-1"
+
+
+class BandStatsError(RuntimeError):
+    """A dataset's band statistics are missing or do not cover what is asked of them."""
+
+
+@dataclass
+class _Sums:
+    """Exact integer sums of one split: per band, the sum and the sum of squares over valid pixels."""
+
+    bands: int
+    tiles: int = 0
+    count: int = 0
+    total: list[int] = field(default_factory=list)
+    squares: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.total = self.total or [0] * self.bands
+        self.squares = self.squares or [0] * self.bands
+
+    def add(self, array: np.ndarray) -> None:
+        valid = np.any(array != 0, axis=0)
+        values = array[:, valid].astype(np.int64)  # (bands, n); uint16**2 * pixels of one tile fits in int64
+        self.tiles += 1
+        self.count += int(valid.sum())
+        for b in range(self.bands):
+            self.total[b] += int(values[b].sum())
+            self.squares[b] += int((values[b] * values[b]).sum())
+
+    def to_json(self, names: list[str]) -> dict[str, Any]:
+        n = self.count
+        out = {}
+        for b, name in enumerate(names):
+            s, q = self.total[b], self.squares[b]
+            # Population variance from exact integers: (n q - s^2) / n^2, divided once.
+            var = (n * q - s * s) / (n * n) if n else float("nan")
+            out[name] = {"mean": s / n if n else float("nan"), "std": math.sqrt(var) if n else float("nan"),
+                         "count": n}
+        return {"tiles": self.tiles, "bands": out}
+
+
+def compute_band_stats(tiles: Iterable[tuple[str, list[str], np.ndarray]]) -> dict[str, Any]:
+    """Band statistics from ``(split, band names, (bands, H, W) array)`` per tile.
+
+    Raises:
+        BandStatsError: tiles disagree on their bands or dtype (one dataset has one band list).
+    """
+    names: list[str] | None = None
+    dtype: str | None = None
+    sums: dict[str, _Sums] = {}
+    for split, bands, array in tiles:
+        if names is None:
+            names, dtype = list(bands), array.dtype.name
+        elif list(bands) != names or array.dtype.name != dtype:
+            raise BandStatsError(f"a {split} tile has bands {list(bands)} ({array.dtype.name}) while earlier tiles "
+                                 f"have {names} ({dtype}); one dataset holds one band list")
+        if array.shape[0] != len(names):
+            raise BandStatsError(f"a {split} tile names bands {names} but holds {array.shape[0]}")
+        sums.setdefault(split, _Sums(len(names))).add(array)
+    return {"format": BAND_STATS_FORMAT, "bands": names or [], "dtype": dtype,
+            "splits": {k: v.to_json(names or []) for k, v in sorted(sums.items())}}
+
+
+def dataset_band_stats(dataset: str | os.PathLike) -> dict[str, Any]:
+    """Band statistics of every tile in a dataset folder's tile shards (each tile's json names its split)."""
+    import webdataset as wds
+    from tqdm import tqdm
+
+    from graft.imagery import decode_geotiff
+
+    shards = sorted(str(p) for p in Path(dataset).glob("tiles/tiles-*.tar"))
+    if not shards:
+        raise BandStatsError(f"{dataset} has no tile shards (tiles/tiles-*.tar); run `graft build` first")
+
+    def tiles() -> Iterable[tuple[str, list[str], np.ndarray]]:
+        for sample in tqdm(wds.WebDataset(shards, shardshuffle=False, empty_check=False), desc="band stats",
+                           unit="tile", leave=False):
+            meta = json.loads(sample["json"])
+            array, _ = decode_geotiff(sample["tif"])
+            yield meta["split"], meta["bands"], array
+
+    return compute_band_stats(tiles())
+
+
+def write_band_stats(dataset: str | os.PathLike, stats: dict[str, Any]) -> Path:
+    """Write ``band_stats.json`` into the dataset folder (atomically)."""
+    path = Path(dataset) / BAND_STATS_FILE
+    atomic_write_json(path, stats)
+    return path
+
+
+def read_band_stats(dataset: str | os.PathLike) -> dict[str, Any]:
+    """The dataset's ``band_stats.json``.
+
+    Raises:
+        BandStatsError: the file is missing (a dataset built before band statistics existed).
+    """
+    path = Path(dataset) / BAND_STATS_FILE
+    if not path.is_file():
+        raise BandStatsError(f"{path} not found: the dataset has no band statistics; write them with "
+                             f"`graft band-stats {dataset}` (datasets built before band statistics existed lack them)")
+    return json.loads(path.read_text())
+
+
+def band_mean_std(stats: dict[str, Any], split: str, bands: list[str]) -> tuple[list[float], list[float]]:
+    """Mean and std of ``bands`` over ``split``'s tiles.
+
+    Raises:
+        BandStatsError: the split or a band is not in the statistics, or a band has no valid pixel.
+    """
+    by_split = stats.get("splits", {})
+    if split not in by_split:
+        raise BandStatsError(f"band statistics have splits {sorted(by_split)}, not {split!r}")
+    have = by_split[split]["bands"]
+    missing = [b for b in bands if b not in have]
+    if missing:
+        raise BandStatsError(f"the dataset's tiles have bands {stats.get('bands')}, not {missing}; "
+                             f"build the dataset with them (satellite.*.bands)")
+    empty = [b for b in bands if not have[b]["count"]]
+    if empty:
+        raise BandStatsError(f"bands {empty} have no valid pixel in split {split!r}")
+    return [float(have[b]["mean"]) for b in bands], [float(have[b]["std"]) for b in bands]
