@@ -31,18 +31,23 @@ def tiny_clip_spec(folder: Path, seed: int = 0) -> ClipSpec:
     return ClipSpec(model="graft-tiny-vit", pretrained=str(path))
 
 
-def make_checkpoint(folder: Path, spec: ClipSpec, kind: str, seed: int = 1) -> Path:
-    """A 'trained' checkpoint: CLIP's visual tower with perturbed weights (so it differs from the baseline)."""
+def make_checkpoint(folder: Path, spec: ClipSpec, kind: str, seed: int = 1, band_norm=None) -> Path:
+    """A 'trained' checkpoint: CLIP's visual tower with perturbed weights (so it differs from the baseline).
+
+    ``band_norm`` (a :class:`graft.imagery.BandNorm`) makes it a multispectral encoder reading those bands.
+    """
     from graft.models.checkpoint import save_checkpoint
     from graft.models.satellite import build_encoder
 
-    encoder = build_encoder(kind, load_clip(spec).model.visual)
+    encoder = build_encoder(kind, load_clip(spec).model.visual, in_chans=band_norm.channels if band_norm else 3)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in encoder.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return save_checkpoint(folder / f"run-{kind}", 10, encoder.state_dict(), {},
-                           meta={"kind": kind, "clip": spec.model_dump()}, config_yaml="")
+    run = f"run-{kind}" + (f"-{band_norm.channels}band" if band_norm else "")
+    return save_checkpoint(folder / run, 10, encoder.state_dict(), {}, config_yaml="",
+                           meta={"kind": kind, "clip": spec.model_dump(),
+                                 "bands": band_norm.to_json() if band_norm else None})
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:

@@ -63,7 +63,7 @@ class MultispectralPatchEmbedding(nn.Module):
         return self.rgb(x[:, :3]) + self.extra(x[:, 3:])
 
 
-def _add_bands(visual: nn.Module, in_chans: int) -> None:
+def add_bands(visual: nn.Module, in_chans: int) -> None:
     """Make ``visual`` read ``in_chans`` channels, R, G, B first (see :class:`MultispectralPatchEmbedding`)."""
     if in_chans == 3:
         return
@@ -81,7 +81,7 @@ class ImageLevelEncoder(nn.Module):
         super().__init__()
         _check_vit(clip_visual)
         self.visual = copy.deepcopy(clip_visual)
-        _add_bands(self.visual, in_chans)
+        add_bands(self.visual, in_chans)
         for p in self.visual.parameters():
             p.requires_grad_(True)
 
