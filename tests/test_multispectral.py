@@ -153,3 +153,14 @@ def test_multispectral_training_refuses_bands_the_dataset_lacks(tmp_path, ms_dat
         train(_train_cfg(tmp_path, ms_dataset, clip_spec, ["R", "G", "B", "B8"]))
     with pytest.raises(ConfigError, match="R, G, B first"):
         _train_cfg(tmp_path, ms_dataset, clip_spec, ["R", "G"])
+
+
+def test_sentinel2_band_spellings_match():
+    from graft.imagery import band_indexes, canonical_band, rgb_band_indexes
+
+    assert [canonical_band(b) for b in ["B04", "B8A", "B08A", "B8a", "B10", "N", "b1"]] == \
+        ["B4", "B8A", "B8A", "B8A", "B10", "N", "b1"]
+    assert rgb_band_indexes(["b1", "b2", "b3", "b4"]) == [0, 1, 2]  # GeoTIFF band indexes are not S2 bands
+    eurosat = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B08A", "B09", "B10", "B11", "B12"]
+    assert rgb_band_indexes(eurosat) == [3, 2, 1]
+    assert band_indexes(eurosat, ["B4", "B3", "B2", "B8", "B8A", "B11"]) == [3, 2, 1, 7, 8, 11]

@@ -11,6 +11,7 @@ expect), then every further band in the tile's stored units, at full precision.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,16 +31,35 @@ S2_RGB_MAX_DN = 3000.0
 RGB_BAND_NAMES: tuple[tuple[str, str, str], ...] = (("B4", "B3", "B2"), ("R", "G", "B"))
 
 
+# Upper-case B only: a GeoTIFF source's default names b1, b2, ... are band indexes, not Sentinel-2 bands.
+_S2_BAND = re.compile(r"^B0*(\d{1,2})([Aa]?)$")
+
+
 class BandError(ValueError):
     """A tile lacks a band the encoder reads (or cannot say which bands it holds)."""
+
+
+def canonical_band(name: str) -> str:
+    """One spelling per Sentinel-2 band: ``B04`` -> ``B4``, ``B08A``/``B8a`` -> ``B8A``; other names unchanged.
+
+    Earth Engine names Sentinel-2 bands ``B4``, ``B8A``; EuroSAT and BigEarthNet ``B04``, ``B8A``/``B08A``.
+    Bands are matched by this form, so a model trained on one reads the others.
+    """
+    m = _S2_BAND.match(name)
+    return f"B{int(m.group(1))}{m.group(2).upper()}" if m else name
+
+
+def _positions(tile_bands: Sequence[str]) -> dict[str, int]:
+    return {canonical_band(b): i for i, b in enumerate(tile_bands)}
 
 
 def rgb_band_indexes(tile_bands: Sequence[str] | None) -> list[int]:
     """0-based indexes of a tile's R, G, B bands: by name (:data:`RGB_BAND_NAMES`), else the first three."""
     if tile_bands:
+        pos = _positions(tile_bands)
         for triple in RGB_BAND_NAMES:
-            if all(b in tile_bands for b in triple):
-                return [list(tile_bands).index(b) for b in triple]
+            if all(b in pos for b in triple):
+                return [pos[b] for b in triple]
     return [0, 1, 2]
 
 
@@ -52,11 +72,12 @@ def band_indexes(tile_bands: Sequence[str] | None, want: Sequence[str]) -> list[
     if not tile_bands:
         raise BandError(f"the tile does not name its bands, so bands {list(want)} cannot be found in it; "
                         f"rebuild the dataset (tile json 'bands') or read it with an RGB model")
-    missing = [b for b in want if b not in tile_bands]
+    pos = _positions(tile_bands)
+    missing = [b for b in want if canonical_band(b) not in pos]
     if missing:
         raise BandError(f"the tile has bands {list(tile_bands)}, not {missing}; the model reads {list(want)}. "
                         f"Build the dataset with these bands (satellite.*.bands) or train on the tile's bands")
-    return [list(tile_bands).index(b) for b in want]
+    return [pos[canonical_band(b)] for b in want]
 
 
 def tile_to_rgb8(array: np.ndarray, tile_bands: Sequence[str] | None = None) -> np.ndarray:
