@@ -154,3 +154,14 @@ def band_mean_std(stats: dict[str, Any], split: str, bands: list[str]) -> tuple[
     if empty:
         raise BandStatsError(f"bands {empty} have no valid pixel in split {split!r}")
     return [float(have[b]["mean"]) for b in bands], [float(have[b]["std"]) for b in bands]
+
+
+def run_band_stats_command(args) -> int:
+    """``graft band-stats DATASET``."""
+    stats = dataset_band_stats(args.dataset)
+    path = write_band_stats(args.dataset, stats)
+    for split, st in stats["splits"].items():
+        print(f"{split}: {st['tiles']} tiles, "
+              + ", ".join(f"{b} {v['mean']:.1f}+-{v['std']:.1f}" for b, v in st["bands"].items()))
+    print(f"band statistics of {len(stats['bands'])} bands written to {path}")
+    return 0

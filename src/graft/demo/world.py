@@ -107,6 +107,10 @@ class WorldConfig:
         photo_px: side of the square ground photos, pixels.
         jpeg_quality: JPEG quality of the photos.
         filter_train_per_class: images in each of ``filter_train/indoor`` and ``filter_train/outdoor``.
+        lookalike: ``(a, b)`` makes the multispectral variant: class ``b`` is rendered from above
+            with class ``a``'s texture and palette, so the two look alike in RGB, and ``map.tif``
+            gains a near-infrared band (R, G, B, N) in which they differ (:data:`NIR_LEVEL`). Their
+            ground photos stay as different as ever. None: the RGB world.
     """
 
     seed: int = 0
@@ -131,6 +135,7 @@ class WorldConfig:
     photo_px: int = 64
     jpeg_quality: int = 90
     filter_train_per_class: int = 150
+    lookalike: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> None:
@@ -164,6 +169,9 @@ class WorldConfig:
             bad("jpeg_quality", "between 1 and 100")
         if self.filter_train_per_class < 1:
             bad("filter_train_per_class", "at least 1")
+        if self.lookalike is not None and (len(self.lookalike) != 2 or len(set(self.lookalike)) != 2
+                                           or any(c not in CLASSES for c in self.lookalike)):
+            bad("lookalike", f"two different classes of {CLASSES}")
 
     @classmethod
     def quick(cls, seed: int = 0) -> WorldConfig:
@@ -270,7 +278,15 @@ class World:
     def rgb(self) -> np.ndarray:
         """(H, W, 3) uint8 overhead mosaic."""
         with rasterio.open(self.map_path) as src:
-            return np.ascontiguousarray(src.read().transpose(1, 2, 0))
+            return np.ascontiguousarray(src.read([1, 2, 3]).transpose(1, 2, 0))
+
+    @cached_property
+    def nir(self) -> np.ndarray:
+        """(H, W) uint8 near-infrared band of the multispectral variant (``config.lookalike``)."""
+        if self.config.lookalike is None:
+            raise ValueError(f"{self.root} is the RGB world: it has no near-infrared band (set lookalike)")
+        with rasterio.open(self.map_path) as src:
+            return src.read(4)
 
     def label_at(self, lat, lon):
         """Class index at WGS84 points (scalars or arrays); :data:`OUTSIDE` (-1) off the map."""
@@ -409,11 +425,12 @@ def generate_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> World
     n = cfg.size_px
 
     labels, cell_id, n_cells = _land_cover(map_rng, n, cfg.region_px)
-    rgb = _render_overhead(map_rng, labels, cell_id, n_cells)
+    rgb, nir = _render_overhead(map_rng, labels, cell_id, n_cells, cfg.lookalike)
     placements = _place_photos(place_rng, cfg, labels)
 
     with atomic_dir(root) as tmp:
-        _write_geotiff(tmp / "map.tif", rgb.transpose(2, 0, 1), grid)
+        bands = rgb.transpose(2, 0, 1) if nir is None else np.concatenate([rgb.transpose(2, 0, 1), nir[None]])
+        _write_geotiff(tmp / "map.tif", bands, grid)
         _write_geotiff(tmp / "labels.tif", labels[None], grid)
         (tmp / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
         photos = _write_photos(tmp, cfg, grid, labels, placements, render_seed)
@@ -604,7 +621,14 @@ _OVERHEAD = {"water": _top_water, "forest": _top_forest, "farmland": _top_farmla
              "desert": _top_desert, "snow": _top_snow}
 
 
-def _render_overhead(rng: np.random.Generator, labels: np.ndarray, cell_id: np.ndarray, n_cells: int) -> np.ndarray:
+# Near-infrared level of each class in the multispectral variant (uint8): healthy canopy reflects NIR
+# strongly, water absorbs it, dry bare parcels and pavement sit in between, snow and sand are bright.
+NIR_LEVEL = {"water": 14, "forest": 196, "farmland": 72, "city": 96, "desert": 150, "snow": 170}
+
+
+def _render_overhead(rng: np.random.Generator, labels: np.ndarray, cell_id: np.ndarray, n_cells: int,
+                     lookalike: tuple[str, str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, 3) uint8 RGB mosaic, and with ``lookalike`` the (H, W) uint8 near-infrared band (else None)."""
     shape = labels.shape
     low, mid, fine = (_smooth_noise(rng, shape, s) for s in (180.0, 24.0, 2.5))
     grain = rng.standard_normal(shape, dtype=np.float32)
@@ -612,6 +636,7 @@ def _render_overhead(rng: np.random.Generator, labels: np.ndarray, cell_id: np.n
     angle = rng.uniform(0, np.pi, n_cells).astype(np.float32)
     scale = rng.uniform(0.8, 1.25, n_cells).astype(np.float32)
     out = np.empty(shape + (3,), dtype=np.uint8)
+    look = dict([lookalike[::-1]]) if lookalike else {}  # class -> class whose overhead look it takes
     for k, name in enumerate(CLASSES):
         ys, xs = np.nonzero(labels == k)
         if ys.size == 0:
@@ -619,8 +644,14 @@ def _render_overhead(rng: np.random.Generator, labels: np.ndarray, cell_id: np.n
         c = cell_id[ys, xs]
         px = _Pixels(y=ys.astype(np.float32), x=xs.astype(np.float32), cell=c, low=low[ys, xs], mid=mid[ys, xs],
                      fine=fine[ys, xs], grain=grain[ys, xs], tint=tint[c], angle=angle[c], scale=scale[c])
-        out[ys, xs] = np.clip(_OVERHEAD[name](px), 0, 255).round().astype(np.uint8)
-    return out
+        out[ys, xs] = np.clip(_OVERHEAD[look.get(name, name)](px), 0, 255).round().astype(np.uint8)
+    if lookalike is None:
+        return out, None
+    # The NIR texture reuses the fields already drawn, so the RGB stream (and every other class's pixels) is
+    # the RGB world's.
+    level = np.asarray([NIR_LEVEL[c] for c in CLASSES], dtype=np.float32)[labels]
+    nir = level + 10.0 * mid + 6.0 * low + 3.0 * grain
+    return out, np.clip(nir, 0, 255).round().astype(np.uint8)
 
 
 def _write_geotiff(path: Path, array: np.ndarray, grid: TileGrid) -> None:

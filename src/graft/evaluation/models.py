@@ -19,16 +19,17 @@ untrained), which for frozen CLIP is the standard dense baseline.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graft.imagery import BandNorm
+from graft.imagery import BandNorm, tile_to_channels
 from graft.models.clip_tower import ClipSpec, load_clip, spec_record
 from graft.models.satellite import PixelLevelEncoder
 
@@ -83,6 +84,30 @@ class LoadedModel:
     _patch_factory: Callable[[], PixelLevelEncoder]
     _patch: PixelLevelEncoder | None = None
     band_norm: BandNorm | None = None
+
+    def tile_input(self, array: np.ndarray, tile_bands: Sequence[str] | None) -> torch.Tensor:
+        """A (bands, H, W) tile or benchmark image -> the model's normalised (C, size, size) input.
+
+        A multispectral model reads its band list (R, G, B stretched as for RGB, further bands in the
+        file's units) with the normalisation it was trained with; an RGB model reads the image's R, G, B
+        with CLIP's. The image is resized (shorter side, bicubic, antialiased) and centre-cropped to the
+        model's input size, as CLIP's preprocessing does.
+
+        Raises:
+            graft.imagery.BandError: the image lacks a band the model reads.
+        """
+        norm = self.band_norm
+        channels = tile_to_channels(array, tile_bands, norm.bands if norm else None)
+        x = torch.from_numpy(channels)
+        size = int(self.preprocess_cfg["size"])
+        if x.shape[-2:] != (size, size):
+            from torchvision.transforms.v2 import functional as TF
+
+            x = TF.center_crop(TF.resize(x, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True),
+                               [size, size])
+        mean = norm.mean if norm else self.preprocess_cfg["mean"]
+        std = norm.std if norm else self.preprocess_cfg["std"]
+        return (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
 
     def patch_encoder(self) -> PixelLevelEncoder:
         """The (B, P, D) patch encoder, built on first use (copying a ViT is not free)."""
