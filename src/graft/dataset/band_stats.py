@@ -39,38 +39,75 @@ class BandStatsError(RuntimeError):
 
 
 @dataclass
-class _Sums:
-    """Exact integer sums of one split: per band, the sum and the sum of squares over valid pixels."""
+class BandSums:
+    """Exact integer sums over the valid pixels of some tiles: the mergeable state behind the statistics.
 
-    bands: int
+    A build keeps one per partition (in the part's stats) and merges them, so the statistics cost no
+    extra pass over the tiles.
+    """
+
+    bands: list[str]
+    dtype: str
     tiles: int = 0
     count: int = 0
     total: list[int] = field(default_factory=list)
     squares: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.total = self.total or [0] * self.bands
-        self.squares = self.squares or [0] * self.bands
+        self.total = self.total or [0] * len(self.bands)
+        self.squares = self.squares or [0] * len(self.bands)
 
-    def add(self, array: np.ndarray) -> None:
+    @classmethod
+    def of_tile(cls, array: np.ndarray, bands: list[str]) -> BandSums:
+        """The sums of one (bands, H, W) tile."""
+        if array.shape[0] != len(bands):
+            raise BandStatsError(f"a tile names bands {list(bands)} but holds {array.shape[0]}")
         valid = np.any(array != 0, axis=0)
-        values = array[:, valid].astype(np.int64)  # (bands, n); uint16**2 * pixels of one tile fits in int64
-        self.tiles += 1
-        self.count += int(valid.sum())
-        for b in range(self.bands):
-            self.total[b] += int(values[b].sum())
-            self.squares[b] += int((values[b] * values[b]).sum())
+        values = array[:, valid].astype(np.int64)  # uint16**2 * pixels of one tile fits in int64
+        return cls(list(bands), array.dtype.name, 1, int(valid.sum()), [int(v.sum()) for v in values],
+                   [int((v * v).sum()) for v in values])
 
-    def to_json(self, names: list[str]) -> dict[str, Any]:
+    def add(self, other: BandSums) -> BandSums:
+        """Merge ``other`` into these sums (in place); returns self.
+
+        Raises:
+            BandStatsError: the two disagree on their bands or dtype (one dataset holds one band list).
+        """
+        if other.bands != self.bands or other.dtype != self.dtype:
+            raise BandStatsError(f"tiles with bands {other.bands} ({other.dtype}) and {self.bands} ({self.dtype}) "
+                                 f"in one dataset; one dataset holds one band list")
+        self.tiles += other.tiles
+        self.count += other.count
+        self.total = [a + b for a, b in zip(self.total, other.total, strict=True)]
+        self.squares = [a + b for a, b in zip(self.squares, other.squares, strict=True)]
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bands": self.bands, "dtype": self.dtype, "tiles": self.tiles, "count": self.count,
+                "total": self.total, "squares": self.squares}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BandSums:
+        return cls(list(d["bands"]), d["dtype"], int(d["tiles"]), int(d["count"]), [int(x) for x in d["total"]],
+                   [int(x) for x in d["squares"]])
+
+    def statistics(self) -> dict[str, Any]:
+        """``{"tiles", "bands": {band: {"mean", "std", "count"}}}`` (population std)."""
         n = self.count
         out = {}
-        for b, name in enumerate(names):
+        for b, name in enumerate(self.bands):
             s, q = self.total[b], self.squares[b]
             # Population variance from exact integers: (n q - s^2) / n^2, divided once.
-            var = (n * q - s * s) / (n * n) if n else float("nan")
-            out[name] = {"mean": s / n if n else float("nan"), "std": math.sqrt(var) if n else float("nan"),
-                         "count": n}
+            out[name] = {"mean": s / n if n else float("nan"),
+                         "std": math.sqrt((n * q - s * s) / (n * n)) if n else float("nan"), "count": n}
         return {"tiles": self.tiles, "bands": out}
+
+
+def band_stats_document(sums: dict[str, BandSums]) -> dict[str, Any]:
+    """The ``band_stats.json`` document from each split's sums."""
+    first = next(iter(sums.values()), None)
+    return {"format": BAND_STATS_FORMAT, "bands": first.bands if first else [], "dtype": first.dtype if first else None,
+            "splits": {k: v.statistics() for k, v in sorted(sums.items())}}
 
 
 def compute_band_stats(tiles: Iterable[tuple[str, list[str], np.ndarray]]) -> dict[str, Any]:
@@ -79,20 +116,19 @@ def compute_band_stats(tiles: Iterable[tuple[str, list[str], np.ndarray]]) -> di
     Raises:
         BandStatsError: tiles disagree on their bands or dtype (one dataset has one band list).
     """
-    names: list[str] | None = None
-    dtype: str | None = None
-    sums: dict[str, _Sums] = {}
+    sums: dict[str, BandSums] = {}
+    reference: BandSums | None = None
     for split, bands, array in tiles:
-        if names is None:
-            names, dtype = list(bands), array.dtype.name
-        elif list(bands) != names or array.dtype.name != dtype:
-            raise BandStatsError(f"a {split} tile has bands {list(bands)} ({array.dtype.name}) while earlier tiles "
-                                 f"have {names} ({dtype}); one dataset holds one band list")
-        if array.shape[0] != len(names):
-            raise BandStatsError(f"a {split} tile names bands {names} but holds {array.shape[0]}")
-        sums.setdefault(split, _Sums(len(names))).add(array)
-    return {"format": BAND_STATS_FORMAT, "bands": names or [], "dtype": dtype,
-            "splits": {k: v.to_json(names or []) for k, v in sorted(sums.items())}}
+        tile = BandSums.of_tile(array, list(bands))
+        if reference is not None and (tile.bands != reference.bands or tile.dtype != reference.dtype):
+            raise BandStatsError(f"a {split} tile has bands {tile.bands} ({tile.dtype}) while earlier tiles have "
+                                 f"{reference.bands} ({reference.dtype}); one dataset holds one band list")
+        reference = reference or tile
+        if split in sums:
+            sums[split].add(tile)
+        else:
+            sums[split] = tile
+    return band_stats_document(sums)
 
 
 def dataset_band_stats(dataset: str | os.PathLike) -> dict[str, Any]:
