@@ -8,7 +8,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 NPROC_PER_NODE ?= 1
 DATASET ?= runs/dataset-s2
 
-.PHONY: setup demo test test-all lint dataset-naip dataset-s2 embed train-image train-pixel eval bench clean
+.PHONY: setup demo demo-ms test test-all lint dataset-naip dataset-s2 embed train-image train-pixel eval bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ setup: $(VENV)/.installed  ## build .venv and install graft with dev+ray+sam ext
 
 demo: $(VENV)/.installed  ## the whole job on the embedded synthetic world (CPU, minutes) -> runs/demo/report.md
 	$(GRAFT) demo --out runs/demo
+
+demo-ms: $(VENV)/.installed  ## multispectral demo: RGB vs RGB+NIR encoders on classes alike in RGB -> runs/demo-ms/report.md
+	$(GRAFT) demo --multispectral --quick --out runs/demo-ms
 
 test: $(VENV)/.installed  ## the CI suite (fast, CPU only)
 	$(PY) -m pytest -q -m "not heavy" tests
