@@ -10,17 +10,15 @@ that point is (used by the georeference test).
 from __future__ import annotations
 
 import datetime as dt
-import io
-import math
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from affine import Affine
-from PIL import ExifTags, Image, TiffImagePlugin
 from pyproj import Transformer
+
+from graft.demo.exif import encode_photo, gps_exif
 
 REGION = [9.0, 45.0, 9.08, 45.06]  # min_lon, min_lat, max_lon, max_lat (about 6.3 x 6.7 km, UTM 32N)
 CLUSTER = (45.03, 9.04)  # a dense spot with more photos than one tile may keep
@@ -39,31 +37,11 @@ class World:
     n_valid: int = 0  # photos that should survive the scan (inside the region, unique, readable)
 
 
-def _dms(value: float) -> tuple:
-    x = Fraction(abs(value)).limit_denominator(10**9)
-    deg = math.floor(x)
-    minutes = math.floor((x - deg) * 60)
-    sec = (x - deg - Fraction(minutes, 60)) * 3600
-    sec = Fraction(round(sec * 10**6), 10**6)
-    R = TiffImagePlugin.IFDRational
-    return R(deg, 1), R(minutes, 1), R(sec.numerator, sec.denominator)
-
-
 def jpeg_with_gps(rgb: np.ndarray, lat: float | None, lon: float | None, taken: dt.datetime | None) -> bytes:
     """JPEG bytes with EXIF GPS (when lat/lon are given) and DateTimeOriginal (when taken is given)."""
-    exif = Image.Exif()
-    exif[ExifTags.Base.Make] = "graft-test"
-    if lat is not None and lon is not None:
-        gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
-        gps[ExifTags.GPS.GPSLatitudeRef] = "N" if lat >= 0 else "S"
-        gps[ExifTags.GPS.GPSLatitude] = _dms(lat)
-        gps[ExifTags.GPS.GPSLongitudeRef] = "E" if lon >= 0 else "W"
-        gps[ExifTags.GPS.GPSLongitude] = _dms(lon)
-    if taken is not None:
-        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = taken.strftime("%Y:%m:%d %H:%M:%S")
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "JPEG", quality=90, exif=exif)
-    return buf.getvalue()
+    has_gps = lat is not None and lon is not None
+    exif = gps_exif(lat if has_gps else None, lon if has_gps else None, taken, make="graft-test", second_digits=6)
+    return encode_photo(rgb, exif, quality=90)
 
 
 def _photo_pixels(rng: np.random.Generator) -> np.ndarray:

@@ -20,12 +20,12 @@ from PIL import Image
 
 from graft.cli import main as graft_main
 from graft.config import ConfigError, validate
+from graft.dataset.members import KEY_RE
 from graft.geometry import haversine_m
 from graft.pipeline.build import BuildConfig, build_dataset, load_build_config, plan_build, run_partition
 from graft.pipeline.indoor import IndoorFilter
 from graft.pipeline.photos import prepare_photo
 from graft.pipeline.region import Region, RegionConfig, read_polygon
-from graft.pipeline.shards import KEY_RE
 from graft.pipeline.split import SplitConfig, assign_splits, split_counts
 from graft.sources.base import ChipRejected, GroundPhoto
 from graft.sources.geotiff import GeoTiffSource
@@ -77,6 +77,16 @@ def test_dataset_folder_has_every_documented_output(base):
     assert all(e["reason"] and e["item"] for e in stats["rejections"]["examples"])
     assert stats["partitions"]["written"] == stats["partitions"]["planned"] > 3
     assert stats["timings"]["wall_s"] > 0 and not stats["failures"]
+
+
+def test_band_statistics_beside_the_manifest_equal_a_pass_over_every_tile(base):
+    """The build sums each partition's tiles while it holds their pixels; merged, that is a full pass exactly."""
+    from graft.dataset.band_stats import dataset_band_stats, read_band_stats
+
+    stats = read_band_stats(base.cfg.out_dir)
+    assert stats == dataset_band_stats(base.cfg.out_dir)
+    assert set(stats["splits"]) == {r["split"] for r in _manifest(base.cfg.out_dir)}
+    assert all(b["count"] > 0 for s in stats["splits"].values() for b in s["bands"].values())
 
 
 def test_shards_are_webdataset_readable_and_keys_have_no_dots(base):
@@ -406,7 +416,7 @@ def test_flickr_query_points_search_and_partition_ownership(base, tmp_path, monk
     monkeypatch.setattr(FakeFlickr, "pool", pool)
     monkeypatch.setattr(FakeFlickr, "images", images)
     monkeypatch.setattr(FakeFlickr, "broken", {"flickr-1007"})
-    monkeypatch.setattr("graft.pipeline.build.FlickrSource", FakeFlickr)
+    monkeypatch.setattr("graft.pipeline.build.ground_flickr.FlickrSource", FakeFlickr)
 
     data = build_config(base.world, tmp_path / "ds", **{
         "ground": {"kind": "flickr", "n_points": 30, "seed": 3, "require_date": True, "short_side": 64,

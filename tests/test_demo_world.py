@@ -13,6 +13,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from graft.demo.exif import TAG_DATETIME_ORIGINAL, TAG_EXIF_IFD, TAG_GPS_IFD
 from graft.demo.world import (
     CLASSES,
     EXIF_FAULTS,
@@ -24,8 +25,6 @@ from graft.demo.world import (
     sample_single_class_tiles,
 )
 
-GPS_IFD, EXIF_IFD, DATETIME_ORIGINAL = 0x8825, 0x8769, 0x9003
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
@@ -35,7 +34,7 @@ def world(tmp_path_factory):
 def _exif(path: Path):
     with Image.open(path) as im:
         exif = im.getexif()
-        return exif.get_ifd(GPS_IFD), exif.get_ifd(EXIF_IFD)
+        return exif.get_ifd(TAG_GPS_IFD), exif.get_ifd(TAG_EXIF_IFD)
 
 
 def _degrees(dms) -> float:
@@ -104,7 +103,7 @@ def test_good_exif_round_trips_to_recorded_position_and_date(world):
         lat = _degrees(gps[2]) * (1 if gps[1] == "N" else -1)
         lon = _degrees(gps[4]) * (1 if gps[3] == "E" else -1)
         assert lat == pytest.approx(p.lat, abs=1e-7) and lon == pytest.approx(p.lon, abs=1e-7)
-        assert exif[DATETIME_ORIGINAL] == p.taken_at.replace("-", ":").replace("T", " ")
+        assert exif[TAG_DATETIME_ORIGINAL] == p.taken_at.replace("-", ":").replace("T", " ")
         row, col = world.grid.pixel_of(lat, lon)
         assert (float(row), float(col)) == pytest.approx((p.row, p.col), abs=1e-3)
         assert world.label_at(lat, lon) == p.class_index
@@ -121,13 +120,13 @@ def test_bad_exif_is_bad_in_the_recorded_way(world):
         for p in photos:
             gps, exif = _exif(world.root / p.path)
             if fault == "no_gps":
-                assert len(gps) == 0 and DATETIME_ORIGINAL in exif
+                assert len(gps) == 0 and TAG_DATETIME_ORIGINAL in exif
             elif fault == "gps_no_ref":
                 assert 2 in gps and 4 in gps and 1 not in gps and 3 not in gps
             elif fault == "lat_out_of_range":
                 assert _degrees(gps[2]) > 90 and gps[1] in ("N", "S")
             elif fault == "no_date":
-                assert DATETIME_ORIGINAL not in exif and p.taken_at is None
+                assert TAG_DATETIME_ORIGINAL not in exif and p.taken_at is None
                 assert _degrees(gps[2]) == pytest.approx(abs(p.lat), abs=1e-7)
 
 

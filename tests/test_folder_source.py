@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
-import math
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -14,31 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from PIL import ExifTags, Image
+from PIL import ExifTags
 from PIL.TiffImagePlugin import IFDRational
 
 from graft.config import ConfigError, validate
-from graft.pipeline.photos import PhotoRejected
-from graft.sources.base import Rejections
+from graft.demo.exif import AUTO, encode_photo, gps_exif
+from graft.rejections import PhotoRejected, Rejections
 from graft.sources.folder import FolderConfig, FolderSource, photo_id_for
 
 GPS = ExifTags.GPS
 UTC = dt.timezone.utc
-
-
-def _dms(value: float) -> tuple[IFDRational, IFDRational, IFDRational]:
-    """|value| degrees -> (deg, min, sec) rationals, seconds to 1e-6 s, with carries done exactly."""
-    x = Fraction(abs(value))
-    deg = math.floor(x)
-    minutes = math.floor((x - deg) * 60)
-    sec = Fraction(round((x - deg - Fraction(minutes, 60)) * 3600 * 10**6), 10**6)
-    if sec >= 60:
-        sec -= 60
-        minutes += 1
-    if minutes >= 60:
-        minutes -= 60
-        deg += 1
-    return IFDRational(deg, 1), IFDRational(minutes, 1), IFDRational(sec.numerator, sec.denominator)
 
 
 def photo_bytes(
@@ -48,32 +30,16 @@ def photo_bytes(
     taken: str | None = None,
     offset: str | None = None,
     fmt: str = "JPEG",
-    lat_ref: str | None = "auto",
-    lon_ref: str | None = "auto",
+    lat_ref: str | None = AUTO,
+    lon_ref: str | None = AUTO,
     lat_value=None,
     lon_value=None,
     size: int = 16,
 ) -> bytes:
     """A small photo with whatever EXIF GPS/date fields are given (None = field absent)."""
-    exif = Image.Exif()
-    exif[ExifTags.Base.Make] = "graft-test"
-    if lat is not None or lat_value is not None:
-        gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
-        gps[GPS.GPSLatitude] = lat_value if lat_value is not None else _dms(lat)
-        gps[GPS.GPSLongitude] = lon_value if lon_value is not None else _dms(lon)
-        if lat_ref is not None:
-            gps[GPS.GPSLatitudeRef] = ("S" if (lat or 0) < 0 else "N") if lat_ref == "auto" else lat_ref
-        if lon_ref is not None:
-            gps[GPS.GPSLongitudeRef] = ("W" if (lon or 0) < 0 else "E") if lon_ref == "auto" else lon_ref
-    if taken is not None:
-        sub = exif.get_ifd(ExifTags.IFD.Exif)
-        sub[ExifTags.Base.DateTimeOriginal] = taken
-        if offset is not None:
-            sub[ExifTags.Base.OffsetTimeOriginal] = offset
-    img = Image.fromarray(np.full((size, size, 3), 128, np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, fmt, exif=exif)
-    return buf.getvalue()
+    exif = gps_exif(lat, lon, taken, offset=offset, lat_ref=lat_ref, lon_ref=lon_ref, lat_value=lat_value,
+                    lon_value=lon_value, make="graft-test", second_digits=6)
+    return encode_photo(np.full((size, size, 3), 128, np.uint8), exif, fmt=fmt)
 
 
 def _write(root: Path, rel: str, data: bytes) -> Path:

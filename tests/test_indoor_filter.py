@@ -1,4 +1,5 @@
-"""graft.pipeline.indoor: Places365 checkpoint loading and the top-10 vote, CLIP zero-shot, filter-train."""
+"""graft.pipeline.indoor (Places365 checkpoint loading and the top-10 vote, CLIP zero-shot) and
+graft.training.indoor_filter (filter-train)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from graft.pipeline.indoor import (
     IndoorFilter,
     IndoorFilterConfig,
     resnet_input,
-    train_binary_filter,
 )
+from graft.training.indoor_filter import train_binary_filter
 
 TINY_CLIP = ClipSpec(model="graft-tiny-vit", pretrained=None)
 

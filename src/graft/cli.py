@@ -22,7 +22,7 @@ HANDLERS = {
     "train": ("graft.training.trainer", "run_train_command"),
     "eval": ("graft.evaluation.run", "run_eval_command"),
     "export": ("graft.evaluation.export", "run_export_command"),
-    "filter-train": ("graft.pipeline.indoor", "run_filter_train_command"),
+    "filter-train": ("graft.training.indoor_filter", "run_filter_train_command"),
     "doctor": ("graft.doctor", "run_doctor_command"),
     "demo": ("graft.demo.run", "run_demo_command"),
 }

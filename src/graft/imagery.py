@@ -1,4 +1,5 @@
-"""Decoding tiles and photos, and the tile -> encoder input. Shared by pipeline, training and evaluation.
+"""Decoding tiles and photos, and the tile -> encoder input. Shared by sources, pipeline, training and
+evaluation.
 
 A tile is a GeoTIFF holding the bands its source was configured with (named in
 the tile's ``bands`` list). An RGB encoder reads the tile's red, green and blue
@@ -198,4 +199,8 @@ def decode_geotiff(data: bytes) -> tuple[np.ndarray, TileGrid]:
     return arr, grid
 
 
-
+def is_truncation(err: BaseException) -> bool:
+    """Whether a Pillow error means the file ends too early (photo checks and the folder source's EXIF read)."""
+    # Pillow reports a short file as OSError("image file is truncated ...") or
+    # OSError("Truncated File Read"), and some plugins as EOFError.
+    return isinstance(err, EOFError) or "truncated" in str(err).lower()

@@ -25,7 +25,6 @@ import struct
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
 from graft.config import validate
+from graft.demo.exif import gps_exif
 from graft.evaluation.datasets import load_csv_multilabel, load_imagefolder, load_segmentation
 from graft.geometry import crs_to_lonlat
 from graft.pipeline.build import BuildConfig, build_dataset
@@ -75,31 +75,9 @@ class Corpus:
         return len(self.bad) + len(self.bad_rows) + len(self.bad_tifs)
 
 
-def _dms(value: float) -> tuple[IFDRational, IFDRational, IFDRational]:
-    x = Fraction(abs(value)).limit_denominator(10**9)
-    deg = int(x)
-    minutes = int((x - deg) * 60)
-    sec = Fraction(round((x - deg - Fraction(minutes, 60)) * 3600 * 10**4), 10**4)
-    return IFDRational(deg, 1), IFDRational(minutes, 1), IFDRational(sec.numerator, sec.denominator)
-
-
-def _exif(lat: float | None, lon: float | None, *, lat_ref: object = "auto", lon_ref: object = "auto",
-          lat_value: object = None, lon_value: object = None, orientation: int | None = None) -> Image.Exif:
-    """EXIF with a capture date and whichever GPS fields are given (None: absent)."""
-    exif = Image.Exif()
-    exif[ExifTags.Base.Make] = "graft-corpus"  # Pillow drops a PNG's EXIF when its base IFD is empty
-    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = TAKEN
-    if orientation is not None:
-        exif[ExifTags.Base.Orientation] = orientation
-    if lat is not None or lat_value is not None:
-        gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
-        gps[GPS.GPSLatitude] = lat_value if lat_value is not None else _dms(lat)
-        gps[GPS.GPSLongitude] = lon_value if lon_value is not None else _dms(lon)
-        if lat_ref is not None:
-            gps[GPS.GPSLatitudeRef] = ("S" if (lat or 0) < 0 else "N") if lat_ref == "auto" else lat_ref
-        if lon_ref is not None:
-            gps[GPS.GPSLongitudeRef] = ("W" if (lon or 0) < 0 else "E") if lon_ref == "auto" else lon_ref
-    return exif
+def _exif(lat: float | None, lon: float | None, **kw: object) -> Image.Exif:
+    """EXIF with a capture date and whichever GPS fields are given (None: absent); see :func:`gps_exif`."""
+    return gps_exif(lat, lon, TAKEN, make="graft-corpus", **kw)
 
 
 def _encode(img: Image.Image, fmt: str, exif: Image.Exif | None, **kw: object) -> bytes:

@@ -45,7 +45,7 @@ from PIL import Image
 import graft.sources.earthengine as earthengine
 from graft.cli import main as graft_main
 from graft.credentials import MASK
-from graft.pipeline import build
+from graft.pipeline.build import resources
 
 FLICKR_KEY = "sentinelFlickrKey5b7e1c9a"
 FLICKR_SECRET = "sentinelFlickrSecret3f8d2a6b"
@@ -185,10 +185,10 @@ def fake_ee(monkeypatch) -> FakeEE:
                    properties={"CLOUDY_PIXEL_PERCENTAGE": 0.3},
                    bands={"B4": 1100, "B3": 900, "B2": 700, "SCL": _Scl()})
     monkeypatch.setattr(earthengine, "import_ee", lambda: fake)
-    before = set(build._CACHE)
+    before = set(resources._CACHE)
     yield fake
-    for k in set(build._CACHE) - before:  # the cached source is bound to this fake: do not leak it to others
-        build._CACHE.pop(k, None)
+    for k in set(resources._CACHE) - before:  # the cached source is bound to this fake: do not leak it to others
+        resources._CACHE.pop(k, None)
 
 
 def test_earth_engine_build_failing_flickr_and_doctor_leak_no_secret(env, fake_ee, tmp_path, capfd, caplog,

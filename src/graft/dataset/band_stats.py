@@ -30,7 +30,7 @@ import numpy as np
 
 from graft.storage import atomic_write_json
 
-BAND_STATS_FILE = "band_stats.json"
+BAND_STATS_FILE = "band_stats.json"  # beside the manifest
 BAND_STATS_FORMAT = "graft-band-stats-1"
 
 
@@ -103,6 +103,14 @@ class BandSums:
         return {"tiles": self.tiles, "bands": out}
 
 
+def merged(sums: Iterable[BandSums]) -> BandSums | None:
+    """The sum of several tiles' or partitions' sums (a new object); None for none."""
+    out = None
+    for x in sums:
+        out = BandSums.from_json(x.to_json()) if out is None else out.add(x)
+    return out
+
+
 def band_stats_document(sums: dict[str, BandSums]) -> dict[str, Any]:
     """The ``band_stats.json`` document from each split's sums."""
     first = next(iter(sums.values()), None)
@@ -132,22 +140,20 @@ def compute_band_stats(tiles: Iterable[tuple[str, list[str], np.ndarray]]) -> di
 
 
 def dataset_band_stats(dataset: str | os.PathLike) -> dict[str, Any]:
-    """Band statistics of every tile in a dataset folder's tile shards (each tile's json names its split)."""
-    import webdataset as wds
+    """Band statistics of every tile in a dataset folder's tile shards (each tile's record names its split)."""
     from tqdm import tqdm
 
-    from graft.imagery import decode_geotiff
+    from graft.dataset.layout import tile_shards
+    from graft.dataset.shards import iter_tile_samples
 
-    shards = sorted(str(p) for p in Path(dataset).glob("tiles/tiles-*.tar"))
+    shards = tile_shards(dataset)
     if not shards:
-        raise BandStatsError(f"{dataset} has no tile shards (tiles/tiles-*.tar); run `graft build` first")
+        raise BandStatsError(f"{dataset} has no tile shards; run `graft build` first")
 
     def tiles() -> Iterable[tuple[str, list[str], np.ndarray]]:
-        for sample in tqdm(wds.WebDataset(shards, shardshuffle=False, empty_check=False), desc="band stats",
-                           unit="tile", leave=False):
-            meta = json.loads(sample["json"])
-            array, _ = decode_geotiff(sample["tif"])
-            yield meta["split"], meta["bands"], array
+        for shard in tqdm(shards, desc="band statistics", unit="shard", leave=False):
+            for sample in iter_tile_samples(shard):
+                yield sample.record["split"], sample.record["bands"], sample.array
 
     return compute_band_stats(tiles())
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from graft.config import validate
@@ -88,9 +87,10 @@ class _Stages:
 
 def _test_block_mask(world, dataset: Path, block_km: float, region_bbox: list[float]) -> np.ndarray:
     """(H, W) bool map of the world's pixels whose block went to the test split."""
+    from graft.dataset.manifest import read_manifest
     from graft.pipeline.region import Region
 
-    manifest = pd.read_parquet(dataset / "manifest.parquet", columns=["partition", "split"])
+    manifest = read_manifest(dataset, columns=["partition", "split"]).to_pandas()
     test_blocks = np.array(sorted(set(manifest.loc[manifest["split"] == "test", "partition"])))
     if test_blocks.size == 0:
         raise RuntimeError(f"the demo dataset {dataset} has no test split; increase the world or the test fraction")
@@ -136,7 +136,7 @@ def demo_build_config(out: Path, world, filter_weights: Path, bbox: list[float],
 
 
 def demo_train_config(run_dir: Path, teacher, dataset: Path, kind: str, steps: int, lr: float, batch_size: int,
-                      seed: int, bands: list[str] | None = None):
+                      seed: int, bands: list[str] | None = None, extra_bands_lr_scale: float = 1.0):
     """The demo's training run of one encoder (``bands``: a multispectral encoder's band list)."""
     from graft.training.config import TrainConfig
 
@@ -144,7 +144,8 @@ def demo_train_config(run_dir: Path, teacher, dataset: Path, kind: str, steps: i
         "run_dir": str(run_dir),
         "clip": teacher.model_dump(),
         "model": {"kind": kind, "bands": bands},
-        "optim": {"lr": lr, "warmup_steps": max(steps // 10, 1), "weight_decay": 0.01},
+        "optim": {"lr": lr, "warmup_steps": max(steps // 10, 1), "weight_decay": 0.01,
+                  "extra_bands_lr_scale": extra_bands_lr_scale},
         "data": {"dataset": str(dataset), "batch_size": batch_size, "workers": 1, "shuffle_buffer": 64},
         "train": {"max_steps": steps, "ckpt_every": steps, "log_every": 25, "precision": "fp32",
                   "seed": seed, "device": "cpu"},
@@ -210,7 +211,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     from graft.models.clip_tower import load_clip
     from graft.pipeline.build import build_dataset
     from graft.pipeline.embed import embed_dataset
-    from graft.pipeline.indoor import train_binary_filter
+    from graft.training.indoor_filter import train_binary_filter
     from graft.training.trainer import train
 
     out = Path(out)
@@ -276,7 +277,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     with stage("report", "writing the report"):
         report = rep.Report(rows=[rep.Row(**r) for r in result["rows"]], models=result.get("models", {}))
         doc = {"rows": result["rows"], "wall_s": dict(stage.wall_s), "quick": quick, "seed": seed,
-               "dataset": build.to_json() if hasattr(build, "to_json") else None,
+               "dataset": _build_summary(build.stats),
                "train": {k: v.__dict__ for k, v in runs.items()}}
         doc["wall_s"]["report"] = 0.0
         doc["wall_s"]["total"] = round(sum(v for k, v in doc["wall_s"].items() if k != "total"), 1)
@@ -285,6 +286,13 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     print("\n" + headline_table(doc))
     print(f"\nreport: {out / 'report.md'}  (json: {out / 'report.json'}, plots: {out / 'eval'})")
     return doc
+
+
+def _build_summary(stats: dict) -> dict[str, Any]:
+    """What the demo's dataset build kept and dropped (the full record is the dataset's stats.json)."""
+    return {"stats_json": str(Path(stats["dataset"]) / "stats.json"), "photos": stats["photos"],
+            "tiles": stats["tiles"], "splits": stats["splits"], "rejections": stats["rejections"]["counts"],
+            "tile_rejections": stats["tile_rejections"]}
 
 
 def _value(rows: list[dict], task: str, dataset: str, model: str, metric: str) -> float | None:

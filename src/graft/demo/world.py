@@ -38,163 +38,32 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import json
-import math
-from dataclasses import asdict, dataclass, field, fields
-from functools import cached_property, lru_cache
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
-from affine import Affine
-from PIL import Image
-from PIL.TiffImagePlugin import IFDRational
-from scipy import ndimage
 from tqdm.auto import tqdm
 
+from graft.demo.exif import encode_photo, world_photo_exif
+from graft.demo.ground import make_caption, render_ground_photo
+from graft.demo.overhead import land_cover, render_overhead
+from graft.demo.world_config import CLASSES, EXIF_FAULTS, WorldConfig
 from graft.geometry import TileGrid
 from graft.storage import atomic_dir
 
-CLASSES: tuple[str, ...] = ("water", "forest", "farmland", "city", "desert", "snow")
-"""Land-cover classes in index order; also the names used in prompts ("a photo of a {}.")."""
-
-EXIF_FAULTS: tuple[str, ...] = ("no_gps", "gps_no_ref", "lat_out_of_range", "no_date")
-"""Ways a photo's EXIF is broken on purpose (stable keys recorded in ``world.json``):
-
-* ``no_gps``: no GPS IFD at all;
-* ``gps_no_ref``: GPSLatitude/GPSLongitude present but no hemisphere refs;
-* ``lat_out_of_range``: GPSLatitude above 90 degrees;
-* ``no_date``: no DateTimeOriginal.
-"""
+__all__ = [
+    "CLASSES", "EXIF_FAULTS", "OUTSIDE", "WORLD_VERSION", "PhotoTruth", "TileSample", "World", "WorldConfig",
+    "cut_tile", "generate_world", "load_world", "sample_single_class_tiles",
+]
 
 OUTSIDE = -1
 """What :meth:`World.label_at` returns for a point outside the map."""
 
 WORLD_VERSION = 1
-
-# EXIF tag numbers (EXIF 2.32 / TIFF 6.0).
-_TAG_MAKE, _TAG_MODEL = 0x010F, 0x0110
-_TAG_EXIF_IFD, _TAG_GPS_IFD = 0x8769, 0x8825
-_TAG_DATETIME_ORIGINAL = 0x9003
-_GPS_VERSION, _GPS_LAT_REF, _GPS_LAT, _GPS_LON_REF, _GPS_LON = 0, 1, 2, 3, 4
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """Everything that shapes a synthetic world; the same config and seed give the same bytes.
-
-    Attributes:
-        seed: master seed; every random stream is derived from it.
-        size_px: the map is ``size_px`` x ``size_px`` pixels.
-        gsd: ground sample distance of the map, metres per pixel.
-        crs: projected CRS of the map (a UTM zone).
-        origin_x: map's left edge, metres east in ``crs``.
-        origin_y: map's top edge, metres north in ``crs``.
-        region_px: mean side of a land-cover region seed cell, pixels.
-        n_photos: ground photos to place and render.
-        n_hotspots: dense clusters (a landmark everyone photographs).
-        hotspot_photos: photos per dense cluster.
-        hotspot_sigma_m: spread of a dense cluster (most photos within ~2 sigma).
-        n_towns: broad clusters of photos, each centred in one class, in turn.
-        town_frac: share of the non-hotspot photos that fall in towns (the rest are uniform).
-        town_sigma_m: (min, max) spread of a town, metres.
-        edge_margin_px: photos stay this far from the map edge, so tiles around them fit.
-        indoor_frac: share of photos that are indoor scenes (placed like outdoor ones).
-        bad_exif_frac: share of photos whose EXIF is broken in one of :data:`EXIF_FAULTS`.
-        years: (first, last) year of the photo dates, inclusive.
-        photo_px: side of the square ground photos, pixels.
-        jpeg_quality: JPEG quality of the photos.
-        filter_train_per_class: images in each of ``filter_train/indoor`` and ``filter_train/outdoor``.
-        lookalike: ``(a, b)`` makes the multispectral variant: class ``b`` is rendered from above
-            with class ``a``'s texture and palette, so the two look alike in RGB, and ``map.tif``
-            gains a near-infrared band (R, G, B, N) in which they differ (:data:`NIR_LEVEL`). Their
-            ground photos stay as different as ever. None: the RGB world.
-    """
-
-    seed: int = 0
-    size_px: int = 2048
-    gsd: float = 10.0
-    crs: str = "EPSG:32633"
-    # UTM 33N, ~30.0 N 13.5 E (Fezzan, Libya): a real place in the zone, so lat/lon look plausible.
-    origin_x: float = 360000.0
-    origin_y: float = 3320000.0
-    region_px: int = 256
-    n_photos: int = 4000
-    n_hotspots: int = 3
-    hotspot_photos: int = 200
-    hotspot_sigma_m: float = 25.0
-    n_towns: int = 12
-    town_frac: float = 0.5
-    town_sigma_m: tuple[float, float] = (300.0, 1500.0)
-    edge_margin_px: int = 48
-    indoor_frac: float = 0.12
-    bad_exif_frac: float = 0.04
-    years: tuple[int, int] = (2017, 2023)
-    photo_px: int = 64
-    jpeg_quality: int = 90
-    filter_train_per_class: int = 150
-    lookalike: tuple[str, str] | None = None
-
-    def __post_init__(self) -> None:
-        def bad(name: str, want: str) -> None:
-            raise ValueError(f"WorldConfig.{name}={getattr(self, name)!r}: expected {want}")
-
-        if self.size_px < 256:
-            bad("size_px", "at least 256 pixels")
-        if self.gsd <= 0:
-            bad("gsd", "a positive number of metres per pixel")
-        if not 32 <= self.region_px <= self.size_px:
-            bad("region_px", f"between 32 and size_px={self.size_px}")
-        if self.n_photos < len(CLASSES) * 10:
-            bad("n_photos", f"at least {len(CLASSES) * 10} (some photos of every class)")
-        if self.n_hotspots * self.hotspot_photos > self.n_photos // 2:
-            bad("hotspot_photos", f"n_hotspots * hotspot_photos <= n_photos / 2 = {self.n_photos // 2}")
-        if not 0.0 <= self.town_frac <= 1.0:
-            bad("town_frac", "a fraction in [0, 1]")
-        if len(self.town_sigma_m) != 2 or not 0 < self.town_sigma_m[0] <= self.town_sigma_m[1]:
-            bad("town_sigma_m", "(min, max) metres with 0 < min <= max")
-        if not 0 <= self.edge_margin_px < self.size_px // 4:
-            bad("edge_margin_px", f"in [0, size_px/4 = {self.size_px // 4})")
-        if not 0.0 <= self.indoor_frac < 0.5:
-            bad("indoor_frac", "a fraction in [0, 0.5)")
-        if not 0.0 <= self.bad_exif_frac < 0.5:
-            bad("bad_exif_frac", "a fraction in [0, 0.5)")
-        if len(self.years) != 2 or not 1990 <= self.years[0] <= self.years[1] <= 2100:
-            bad("years", "(first, last) with 1990 <= first <= last <= 2100")
-        if not 32 <= self.photo_px <= 512:
-            bad("photo_px", "between 32 and 512")
-        if not 1 <= self.jpeg_quality <= 100:
-            bad("jpeg_quality", "between 1 and 100")
-        if self.filter_train_per_class < 1:
-            bad("filter_train_per_class", "at least 1")
-        if self.lookalike is not None and (len(self.lookalike) != 2 or len(set(self.lookalike)) != 2
-                                           or any(c not in CLASSES for c in self.lookalike)):
-            bad("lookalike", f"two different classes of {CLASSES}")
-
-    @classmethod
-    def quick(cls, seed: int = 0) -> WorldConfig:
-        """A small world for tests: generates in a couple of seconds, same structure as the full one."""
-        return cls(seed=seed, size_px=1024, region_px=192, n_photos=900, n_hotspots=2, hotspot_photos=60,
-                   n_towns=6, filter_train_per_class=40)
-
-    @property
-    def grid(self) -> TileGrid:
-        return TileGrid(crs=self.crs, transform=Affine(self.gsd, 0.0, self.origin_x, 0.0, -self.gsd, self.origin_y),
-                        size=self.size_px)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> WorldConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"world config has unknown keys {unknown}; expected a subset of {sorted(known)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -424,8 +293,8 @@ def generate_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> World
     grid = cfg.grid
     n = cfg.size_px
 
-    labels, cell_id, n_cells = _land_cover(map_rng, n, cfg.region_px)
-    rgb, nir = _render_overhead(map_rng, labels, cell_id, n_cells, cfg.lookalike)
+    labels, cell_id, n_cells = land_cover(map_rng, n, cfg.region_px)
+    rgb, nir = render_overhead(map_rng, labels, cell_id, n_cells, cfg.lookalike)
     placements = _place_photos(place_rng, cfg, labels)
 
     with atomic_dir(root) as tmp:
@@ -465,193 +334,7 @@ def generate_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> World
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Land cover and the overhead mosaic
-
-
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> np.ndarray:
-    """Smooth random field with features ~``scale_px`` across, zero mean and unit std (float32)."""
-    gh, gw = (int(math.ceil(s / scale_px)) + 4 for s in shape)
-    coarse = rng.standard_normal((gh, gw)).astype(np.float32)
-    fine = ndimage.zoom(coarse, scale_px, order=3, mode="nearest", grid_mode=False)
-    off = int(scale_px)  # skip the first coarse cell, where the spline sees the border
-    out = fine[off:off + shape[0], off:off + shape[1]]
-    if out.shape != tuple(shape):  # zoom rounds the output size; pad by edge values in the rare short case
-        out = np.pad(out, [(0, shape[0] - out.shape[0]), (0, shape[1] - out.shape[1])], mode="edge")
-    out = out - out.mean()
-    return (out / (out.std() + 1e-6)).astype(np.float32)
-
-
-def _land_cover(rng: np.random.Generator, n: int, region_px: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Warped Voronoi regions, classes spread evenly over the cells.
-
-    Returns (labels (n, n) uint8, cell id (n, n) int32, number of cells).
-    """
-    g = max(int(round(n / region_px)), 3)
-    pitch = n / g
-    jy, jx = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
-    seeds_y = ((jy + rng.uniform(0.15, 0.85, jy.shape)) * pitch).ravel()
-    seeds_x = ((jx + rng.uniform(0.15, 0.85, jx.shape)) * pitch).ravel()
-    n_cells = seeds_y.size
-    # Equal numbers of cells per class, shuffled; neighbours of the same class merge into larger regions.
-    cell_class = rng.permutation(np.resize(np.arange(len(CLASSES)), n_cells)).astype(np.uint8)
-
-    # Solve at half resolution (region borders at 20 m steps are invisible in 64 px tiles) and upsample.
-    h = (n + 1) // 2
-    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32) * 2 + 0.5, np.arange(h, dtype=np.float32) * 2 + 0.5,
-                         indexing="ij")
-    # Domain warp at two scales makes borders wander like coastlines instead of straight Voronoi edges.
-    wy = _smooth_noise(rng, (h, h), h / 5) * pitch * 0.35 + _smooth_noise(rng, (h, h), h / 24) * pitch * 0.08
-    wx = _smooth_noise(rng, (h, h), h / 5) * pitch * 0.35 + _smooth_noise(rng, (h, h), h / 24) * pitch * 0.08
-    py, px = yy + wy, xx + wx
-    best = np.full((h, h), np.inf, dtype=np.float32)
-    cell = np.zeros((h, h), dtype=np.int32)
-    for i in range(n_cells):
-        d = (py - np.float32(seeds_y[i])) ** 2 + (px - np.float32(seeds_x[i])) ** 2
-        closer = d < best
-        best = np.where(closer, d, best)
-        cell[closer] = i
-    cell = np.repeat(np.repeat(cell, 2, axis=0), 2, axis=1)[:n, :n]
-    return cell_class[cell], cell, n_cells
-
-
-def _hash01(*keys: np.ndarray) -> np.ndarray:
-    """Deterministic pseudo-random numbers in [0, 1) from integer keys (a splitmix64-style mix)."""
-    h = np.zeros(np.broadcast(*keys).shape, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for i, k in enumerate(keys):
-            h ^= np.asarray(k).astype(np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15 * (i + 1) % 2**64)
-            h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            h ^= h >> np.uint64(31)
-    return (h >> np.uint64(11)).astype(np.float64) / float(2**53)
-
-
-@dataclass
-class _Pixels:
-    """The pixels of one class: coordinates and the shared random fields sampled there."""
-
-    y: np.ndarray
-    x: np.ndarray
-    cell: np.ndarray
-    low: np.ndarray
-    mid: np.ndarray
-    fine: np.ndarray
-    grain: np.ndarray
-    tint: np.ndarray  # (n, 3) per-region colour jitter, unit scale
-    angle: np.ndarray  # per-region orientation, radians
-    scale: np.ndarray  # per-region size multiplier
-
-    def rotated(self) -> tuple[np.ndarray, np.ndarray]:
-        c, s = np.cos(self.angle), np.sin(self.angle)
-        return self.x * c + self.y * s, -self.x * s + self.y * c
-
-
-def _rgb(*c: float) -> np.ndarray:
-    return np.asarray(c, dtype=np.float32)
-
-
-# Overhead palettes. Each non-trivial class borrows its colour from another class's *ground* palette (see
-# _GROUND below): forest <- farmland, farmland <- city, city <- desert, desert <- forest. Water and snow keep
-# their own colour from both views, so a ground-only model is right on those two and wrong on the rest.
-def _top_water(p: _Pixels) -> np.ndarray:
-    u, _ = p.rotated()
-    ripple = np.sin(2 * np.pi * (u / (6.0 * p.scale) + 0.6 * p.mid))
-    col = _rgb(28, 68, 140) + p.tint * 8 + (p.low * 8 + ripple * 9)[:, None]
-    sparkle = (ripple > 0.92) & (p.grain > 1.2)
-    col[sparkle] += 35
-    return col
-
-
-def _top_forest(p: _Pixels) -> np.ndarray:
-    crowns = p.fine + 0.35 * p.grain  # blobs ~5 px across: individual crowns at 10 m
-    canopy = _rgb(208, 172, 70) + p.tint * 12 + (crowns * 14 + p.low * 8)[:, None]
-    gap = _rgb(112, 84, 38) + p.tint * 8
-    return np.where((crowns > -0.55)[:, None], canopy, gap)
-
-
-def _top_farmland(p: _Pixels) -> np.ndarray:
-    u, v = p.rotated()
-    pw, ph = 46.0 * p.scale, 30.0 * p.scale
-    i, j = np.floor(u / pw), np.floor(v / ph)
-    tone, direction, variant = _hash01(i, j, p.cell, 1), _hash01(i, j, p.cell, 2), _hash01(i, j, p.cell, 3)
-    s = np.where(direction < 0.5, u, v)
-    stripes = np.sin(2 * np.pi * s / 6.0)
-    base = np.where((variant < 0.3)[:, None], _rgb(150, 146, 138), _rgb(128, 130, 136))  # warm / cool grey
-    col = base * (0.78 + 0.4 * tone)[:, None].astype(np.float32) + p.tint * 7 + (stripes * 12)[:, None]
-    edge = np.minimum.reduce([u - i * pw, (i + 1) * pw - u, v - j * ph, (j + 1) * ph - v]) < 1.2
-    col[edge] = _rgb(84, 86, 82)  # hedgerows and tracks between parcels
-    return col
-
-
-def _top_city(p: _Pixels) -> np.ndarray:
-    u, v = p.rotated()
-    bs, street = 22.0 * p.scale, 3.0
-    mu, mv = np.mod(u, bs), np.mod(v, bs)
-    bi, bj = np.floor(u / bs), np.floor(v / bs)
-    nsub = 2 + (_hash01(bi, bj, p.cell, 7) < 0.5)  # 2 or 3 buildings along u per block
-    subw = (bs - street) / nsub
-    k = np.floor((mu - street) / subw)
-    tone = _hash01(bi, bj, k, p.cell, 8)
-    roof = (_rgb(222, 178, 118) * (1 - tone)[:, None] + _rgb(204, 138, 88) * tone[:, None]).astype(np.float32)
-    roof += p.tint * 8 + (p.grain * 4)[:, None]
-    shadow = (np.mod(mu - street, subw) > subw - 1.6) | (mv > bs - 1.6)
-    roof[shadow] *= 0.72
-    on_street = (mu < street) | (mv < street)
-    return np.where(on_street[:, None], _rgb(104, 92, 80) + (p.grain * 3)[:, None], roof)
-
-
-def _top_desert(p: _Pixels) -> np.ndarray:
-    u, _ = p.rotated()
-    phase = u / (24.0 * p.scale) + 0.9 * p.mid + 0.3 * p.low
-    f = phase - np.floor(phase)
-    shade = np.where(f < 0.72, f / 0.72, (1.0 - f) / 0.28)  # long windward slope, short steep lee
-    return _rgb(44, 96, 46) * (0.7 + 0.55 * shade)[:, None].astype(np.float32) + p.tint * 7 + (p.grain * 3)[:, None]
-
-
-def _top_snow(p: _Pixels) -> np.ndarray:
-    shade = 0.6 * p.mid + 0.4 * p.low
-    col = _rgb(234, 238, 246) + (shade * 9 + p.grain * 2)[:, None] + p.tint * 4
-    shadow = np.clip(-(shade + 0.6), 0, 1)[:, None]
-    col = col * (1 - shadow) + _rgb(188, 198, 224) * shadow
-    rock = (p.fine > 2.1)[:, None]
-    return np.where(rock, _rgb(96, 94, 98), col)
-
-
-_OVERHEAD = {"water": _top_water, "forest": _top_forest, "farmland": _top_farmland, "city": _top_city,
-             "desert": _top_desert, "snow": _top_snow}
-
-
-# Near-infrared level of each class in the multispectral variant (uint8): healthy canopy reflects NIR
-# strongly, water absorbs it, dry bare parcels and pavement sit in between, snow and sand are bright.
-NIR_LEVEL = {"water": 14, "forest": 196, "farmland": 72, "city": 96, "desert": 150, "snow": 170}
-
-
-def _render_overhead(rng: np.random.Generator, labels: np.ndarray, cell_id: np.ndarray, n_cells: int,
-                     lookalike: tuple[str, str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(H, W, 3) uint8 RGB mosaic, and with ``lookalike`` the (H, W) uint8 near-infrared band (else None)."""
-    shape = labels.shape
-    low, mid, fine = (_smooth_noise(rng, shape, s) for s in (180.0, 24.0, 2.5))
-    grain = rng.standard_normal(shape, dtype=np.float32)
-    tint = rng.standard_normal((n_cells, 3)).astype(np.float32)
-    angle = rng.uniform(0, np.pi, n_cells).astype(np.float32)
-    scale = rng.uniform(0.8, 1.25, n_cells).astype(np.float32)
-    out = np.empty(shape + (3,), dtype=np.uint8)
-    look = dict([lookalike[::-1]]) if lookalike else {}  # class -> class whose overhead look it takes
-    for k, name in enumerate(CLASSES):
-        ys, xs = np.nonzero(labels == k)
-        if ys.size == 0:
-            continue
-        c = cell_id[ys, xs]
-        px = _Pixels(y=ys.astype(np.float32), x=xs.astype(np.float32), cell=c, low=low[ys, xs], mid=mid[ys, xs],
-                     fine=fine[ys, xs], grain=grain[ys, xs], tint=tint[c], angle=angle[c], scale=scale[c])
-        out[ys, xs] = np.clip(_OVERHEAD[look.get(name, name)](px), 0, 255).round().astype(np.uint8)
-    if lookalike is None:
-        return out, None
-    # The NIR texture reuses the fields already drawn, so the RGB stream (and every other class's pixels) is
-    # the RGB world's.
-    level = np.asarray([NIR_LEVEL[c] for c in CLASSES], dtype=np.float32)[labels]
-    nir = level + 10.0 * mid + 6.0 * low + 3.0 * grain
-    return out, np.clip(nir, 0, 255).round().astype(np.uint8)
+# Writing the map
 
 
 def _write_geotiff(path: Path, array: np.ndarray, grid: TileGrid) -> None:
@@ -741,329 +424,6 @@ def _fold(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return lo + np.where(t < w, t, 2 * w - t - 1e-6)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Ground-level rendering
-
-_SKIES = (  # (top colour, horizon colour, weight): clear, hazy, overcast, dusk
-    (_rgb(62, 112, 196), _rgb(160, 196, 232), 0.45),
-    (_rgb(120, 160, 210), _rgb(205, 216, 228), 0.25),
-    (_rgb(150, 154, 164), _rgb(196, 198, 204), 0.15),
-    (_rgb(84, 96, 160), _rgb(236, 164, 116), 0.15),
-)
-
-
-def _jitter(rng: np.random.Generator, colour: np.ndarray, amount: float) -> np.ndarray:
-    return (colour + rng.normal(0, amount, 3)).astype(np.float32)
-
-
-@lru_cache(maxsize=64)
-def _bilinear(px: int, cells: int) -> np.ndarray:
-    """(px, cells + 1) matrix interpolating a coarse grid of ``cells`` spans onto ``px`` samples.
-
-    Smoothstep weights rather than linear ones: thresholded fields (clouds) get round edges, not facets.
-    """
-    pos = (np.arange(px) + 0.5) / px * cells
-    i = np.minimum(np.floor(pos).astype(int), cells - 1)
-    f = pos - i
-    f = (f * f * (3 - 2 * f)).astype(np.float32)
-    w = np.zeros((px, cells + 1), dtype=np.float32)
-    w[np.arange(px), i] = 1 - f
-    w[np.arange(px), i + 1] = f
-    return w
-
-
-def _small_noise(rng: np.random.Generator, px: int, cells: int) -> np.ndarray:
-    """A px x px smooth random field over ``cells`` spans; two small matmuls, so cheap per photo."""
-    w = _bilinear(px, cells)
-    return w @ rng.standard_normal((cells + 1, cells + 1)).astype(np.float32) @ w.T
-
-
-class _Canvas:
-    """A square float image with normalised coordinates, painted in place."""
-
-    def __init__(self, px: int):
-        self.px = px
-        y, x = np.mgrid[0:px, 0:px].astype(np.float32)
-        self.Y, self.X = (y + 0.5) / px, (x + 0.5) / px
-        self.img = np.zeros((px, px, 3), dtype=np.float32)
-
-    def paint(self, mask: np.ndarray, colour: np.ndarray) -> None:
-        self.img[mask] = colour if colour.ndim == 1 else colour[mask]
-
-
-def _sky(rng: np.random.Generator, cv: _Canvas, horizon: float) -> np.ndarray:
-    weights = np.array([w for *_, w in _SKIES])
-    top, bottom, _ = _SKIES[rng.choice(len(_SKIES), p=weights / weights.sum())]
-    top, bottom = _jitter(rng, top, 10), _jitter(rng, bottom, 10)
-    t = np.clip(cv.Y / max(horizon, 0.05), 0, 1)[..., None] ** 0.8
-    cv.img[:] = top * (1 - t) + bottom * t
-    cover = rng.uniform(-0.3, 0.7)
-    if cover > 0:
-        n = _small_noise(rng, cv.px, int(rng.integers(3, 7)))
-        a = np.clip((n - (1.2 - 1.6 * cover)) * 1.5, 0, 0.85)[..., None]
-        cloud = _jitter(rng, _rgb(238, 238, 242), 8)
-        cv.img[:] = cv.img * (1 - a) + cloud * a
-    return bottom
-
-
-def _ground_water(rng: np.random.Generator, cv: _Canvas) -> None:
-    h = rng.uniform(0.12, 0.35)  # a view across open water: mostly water, a strip of sky
-    sky_low = _sky(rng, cv, h)
-    below = cv.Y >= h
-    d = np.clip(cv.Y - h, 0, None)
-    deep = _jitter(rng, _rgb(38, 88, 162), 14)
-    mix = np.clip(d * 4.5, 0, 1)[..., None]
-    water = sky_low * 0.75 * (1 - mix) + deep * mix
-    waves = np.sin(2 * np.pi * rng.uniform(0.25, 0.6) / (d + 0.03) + cv.X * rng.uniform(1, 5) + rng.uniform(0, 6))
-    water = water + (waves * rng.uniform(8, 20))[..., None]
-    water[waves > 0.93] += 30
-    cv.paint(below, water)
-    if rng.random() < 0.5:  # a far shore
-        band = (cv.Y >= h - rng.uniform(0.01, 0.04) - 0.02 * np.sin(cv.X * 7 + rng.uniform(0, 6))) & ~below
-        cv.paint(band, _jitter(rng, _rgb(84, 96, 90), 12))
-
-
-def _ground_forest(rng: np.random.Generator, cv: _Canvas) -> None:
-    h = rng.uniform(0.45, 0.65)
-    _sky(rng, cv, h)
-    cv.paint(cv.Y >= h, _jitter(rng, _rgb(42, 82, 36), 10) + (_small_noise(rng, cv.px, 5) * 8)[..., None])
-    n = int(rng.integers(7, 18))
-    base = np.sort(h + rng.uniform(-0.02, 0.35, n)).astype(np.float32)  # far trees first, near trees cover them
-    cx = rng.uniform(-0.05, 1.05, n).astype(np.float32)
-    height = (rng.uniform(0.25, 0.6, n) * (0.6 + base)).astype(np.float32)
-    hw = (rng.uniform(0.06, 0.14, n) * (0.6 + base)).astype(np.float32)
-    green = (_rgb(32, 76, 32) + rng.normal(0, 9, (n, 3))).astype(np.float32)
-    conifer = (rng.random(n) < 0.6)[:, None, None]
-    b, c, ht, w = (a[:, None, None] for a in (base, cx, height, hw))
-    X, Y = cv.X[None], cv.Y[None]
-    top = b - ht
-    triangle = (Y <= b) & (Y >= top) & (np.abs(X - c) <= w * (Y - top) / ht)
-    cy = b - ht * 0.6
-    crown = (X - c) ** 2 + (Y - cy) ** 2 <= (w * 1.2) ** 2
-    trunk = ~conifer & (np.abs(X - c) < w * 0.15) & (Y > cy) & (Y <= b)
-    foliage = np.where(conifer, triangle, crown)
-    cover = foliage | trunk
-    front = n - 1 - np.argmax(cover[::-1], axis=0)  # the nearest tree at each pixel
-    is_foliage = np.take_along_axis(foliage, front[None], 0)[0]
-    lit = np.clip((cv.X - cx[front]) / hw[front], -1, 1)[..., None] * 10  # sun from the right
-    colour = np.where(is_foliage[..., None], green[front] + lit, _rgb(70, 52, 34))
-    cv.paint(cover.any(0), colour)
-
-
-def _ground_farmland(rng: np.random.Generator, cv: _Canvas) -> None:
-    h = rng.uniform(0.35, 0.55)
-    _sky(rng, cv, h)
-    below = cv.Y >= h
-    crop = _jitter(rng, _rgb(206, 174, 72), 14)
-    vx = rng.uniform(0.1, 0.9)
-    t = (cv.X - vx) / (cv.Y - h + 0.02)  # rows converge to a vanishing point on the horizon
-    rows = np.sin(2 * np.pi * t * rng.uniform(1.5, 4.0))
-    field_img = crop * (0.82 + 0.18 * rows)[..., None] + (_small_noise(rng, cv.px, 6) * 6)[..., None]
-    cv.paint(below, field_img)
-    if rng.random() < 0.5:  # a distant hedge
-        cv.paint((cv.Y >= h - 0.02) & ~below, _jitter(rng, _rgb(70, 92, 52), 10))
-
-
-def _ground_city(rng: np.random.Generator, cv: _Canvas) -> None:
-    h = rng.uniform(0.6, 0.78)
-    _sky(rng, cv, h)
-    cv.paint(cv.Y >= h, _jitter(rng, _rgb(108, 108, 114), 8))
-    # A row of buildings side by side: column ranges split at random, each with its height, grey and windows.
-    edges = np.sort(np.concatenate([[-0.05, 1.05], rng.uniform(0, 1, int(rng.integers(3, 8)))]))
-    nb = edges.size - 1
-    top = rng.uniform(0.05, h - 0.12, nb)
-    g = rng.uniform(100, 175, nb)
-    facade = (np.stack([g, g, g + 6], axis=1) + rng.normal(0, 5, (nb, 3))).astype(np.float32)
-    wp, hp = rng.uniform(0.05, 0.09, nb), rng.uniform(0.06, 0.1, nb)
-    bid = np.clip(np.searchsorted(edges, cv.X, side="right") - 1, 0, nb - 1)
-    x0, tp, wpb, hpb = edges[bid], top[bid], wp[bid], hp[bid]
-    inside = (cv.Y >= tp) & (cv.Y < h)
-    cv.paint(inside, facade[bid])
-    win = inside & (np.mod(cv.X - x0, wpb) < wpb * 0.55) & (np.mod(cv.Y - tp, hpb) > hpb * 0.4)
-    lit = _hash01(np.floor((cv.X - x0) / wpb), np.floor((cv.Y - tp) / hpb), bid, int(rng.integers(1 << 30))) < 0.2
-    cv.paint(win & ~lit, _jitter(rng, _rgb(62, 72, 88), 6))
-    cv.paint(win & lit, _jitter(rng, _rgb(218, 204, 140), 8))
-
-
-def _ground_desert(rng: np.random.Generator, cv: _Canvas) -> None:
-    h = rng.uniform(0.4, 0.6)
-    _sky(rng, cv, h)
-    sand = _jitter(rng, _rgb(218, 166, 102), 10)
-    cv.paint(cv.Y >= h, sand * 0.9)
-    n_layers = int(rng.integers(2, 5))
-    for layer in range(n_layers):  # far to near: each ridge hides the ones behind it
-        base = h + (layer + 0.3) * (1 - h) / (n_layers + 1)
-        amp, wl, ph = rng.uniform(0.04, 0.12), rng.uniform(0.4, 1.2), rng.uniform(0, 6.3)
-        arg = 2 * np.pi * cv.X / wl + ph
-        ridge = base - amp * (0.5 + 0.5 * np.sin(arg))
-        shade = (0.9 + 0.1 * np.cos(arg))[..., None] * (0.92 + 0.05 * layer)  # slopes facing the sun are lighter
-        ripples = (np.sin(cv.Y * cv.px * 1.3 + cv.X * 4) * 4)[..., None]
-        cv.paint(cv.Y >= ridge, sand * shade + ripples)
-
-
-def _ground_snow(rng: np.random.Generator, cv: _Canvas) -> None:
-    h = rng.uniform(0.5, 0.68)
-    _sky(rng, cv, h)
-    white = _jitter(rng, _rgb(236, 239, 246), 5)
-    shadow = _jitter(rng, _rgb(186, 198, 226), 8)
-    n_peaks = int(rng.integers(2, 5))
-    cx = rng.uniform(-0.1, 1.1, n_peaks)
-    top = h - rng.uniform(0.12, 0.4, n_peaks)
-    slope = rng.uniform(0.6, 1.6, n_peaks)
-    heights = top[:, None, None] + slope[:, None, None] * np.abs(cv.X[None] - cx[:, None, None])
-    ridge_i = np.argmin(heights, axis=0)  # the highest peak over each column wins
-    ridge = np.min(heights, axis=0)
-    mountain = cv.Y >= np.minimum(ridge, h)
-    left = cv.X < cx[ridge_i]  # the side facing away from the sun
-    body = np.where(left[..., None], shadow, white) + (_small_noise(rng, cv.px, 6) * 5)[..., None]
-    cv.paint(mountain, body)
-    rocks = mountain & (_small_noise(rng, cv.px, 10) > 1.5) & (cv.Y < h)
-    cv.paint(rocks, _jitter(rng, _rgb(92, 90, 96), 8))
-    fg = cv.Y >= h
-    cv.paint(fg, white * (0.93 + 0.05 * _small_noise(rng, cv.px, 4))[..., None])
-
-
-_WALLS = (_rgb(222, 208, 180), _rgb(196, 214, 190), _rgb(200, 200, 204), _rgb(186, 204, 222), _rgb(236, 232, 224),
-          _rgb(206, 170, 150))
-_FURNITURE = (_rgb(120, 40, 40), _rgb(50, 60, 110), _rgb(96, 70, 48), _rgb(60, 60, 62), _rgb(150, 120, 86))
-
-
-def _render_indoor(rng: np.random.Generator, cv: _Canvas) -> None:
-    wall = _jitter(rng, _WALLS[rng.integers(len(_WALLS))], 10)
-    floor_y, ceil_y = rng.uniform(0.55, 0.8), rng.uniform(0.0, 0.15)
-    cv.img[:] = wall * (0.9 + 0.1 * cv.X[..., None] if rng.random() < 0.5 else 1.0)
-    cv.paint(cv.Y < ceil_y, wall * 0.82)
-    floor = cv.Y >= floor_y
-    if rng.random() < 0.6:  # wooden planks
-        planks = np.mod(cv.X * rng.uniform(6, 12) + (cv.Y - floor_y) * 2, 1.0) < 0.08
-        wood = _jitter(rng, _rgb(140, 96, 60), 14)
-        cv.paint(floor, wood)
-        cv.paint(floor & planks, wood * 0.7)
-    else:  # tiles
-        tile = _jitter(rng, _rgb(190, 186, 178), 14)
-        grout = (np.mod(cv.X * 8, 1.0) < 0.07) | (np.mod((cv.Y - floor_y) * 14, 1.0) < 0.08)
-        cv.paint(floor, tile)
-        cv.paint(floor & grout, tile * 0.75)
-    if rng.random() < 0.6:  # a picture or a door on the wall
-        x0, y0 = rng.uniform(0.05, 0.7), rng.uniform(ceil_y + 0.05, floor_y - 0.3)
-        frame = (cv.X >= x0) & (cv.X < x0 + rng.uniform(0.1, 0.25)) & (cv.Y >= y0) & (cv.Y < y0 + rng.uniform(0.1, 0.25))
-        cv.paint(frame, _jitter(rng, _rgb(90, 80, 70), 30))
-    for _ in range(int(rng.integers(2, 5))):  # sofas, tables, cabinets standing on the floor
-        x0, w = rng.uniform(-0.1, 0.9), rng.uniform(0.12, 0.4)
-        y1 = floor_y + rng.uniform(0.02, 0.2)
-        y0 = y1 - rng.uniform(0.12, 0.35)
-        box = (cv.X >= x0) & (cv.X < x0 + w) & (cv.Y >= y0) & (cv.Y < y1)
-        colour = _jitter(rng, _FURNITURE[rng.integers(len(_FURNITURE))], 12)
-        cv.paint(box, colour)
-        cv.paint(box & (cv.Y < y0 + 0.03), colour * 1.2)
-    for _ in range(int(rng.integers(1, 3))):  # lamps: a bright shade with a glow
-        lx, ly = rng.uniform(0.1, 0.9), rng.uniform(0.1, floor_y - 0.1)
-        r2 = (cv.X - lx) ** 2 + (cv.Y - ly) ** 2
-        glow = np.exp(-r2 / rng.uniform(0.004, 0.02))[..., None]
-        cv.img[:] = cv.img * (1 - 0.6 * glow) + _rgb(255, 236, 170) * 0.6 * glow
-        cv.paint(r2 < rng.uniform(0.0012, 0.004), _rgb(255, 246, 214))
-
-
-_GROUND = {"water": _ground_water, "forest": _ground_forest, "farmland": _ground_farmland, "city": _ground_city,
-           "desert": _ground_desert, "snow": _ground_snow}
-
-
-def render_ground_photo(class_name: str | None, rng: np.random.Generator, px: int = 64) -> np.ndarray:
-    """Render a ground-level view of ``class_name`` (None: an indoor room) as (px, px, 3) uint8."""
-    cv = _Canvas(px)
-    if class_name is None:
-        _render_indoor(rng, cv)
-    elif class_name in _GROUND:
-        _GROUND[class_name](rng, cv)
-    else:
-        raise ValueError(f"unknown class {class_name!r}; expected one of {CLASSES} or None (indoor)")
-    img = cv.img * rng.uniform(0.85, 1.12) + rng.standard_normal(cv.img.shape, dtype=np.float32) * rng.uniform(2, 6)
-    if rng.random() < 0.5:
-        img = img[:, ::-1]
-    return np.clip(img, 0, 255).round().astype(np.uint8)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Captions
-
-_NAMES = {
-    "water": ("water", "lake", "sea", "river", "bay"),
-    "forest": ("forest", "woods", "woodland", "trees", "pine forest"),
-    "farmland": ("farmland", "field", "wheat field", "crops", "farm"),
-    "city": ("city", "town", "street", "buildings", "downtown"),
-    "desert": ("desert", "dunes", "sand dunes", "sand", "sahara"),
-    "snow": ("snow", "snowy mountains", "snowfield", "glacier", "winter slopes"),
-}
-_DESCRIPTIONS = {
-    "water": ("calm blue water under the sky", "waves rolling on the lake", "the sea meets the horizon"),
-    "forest": ("tall green trees in a dense forest", "pine trees on a summer day", "a walk in the woods"),
-    "farmland": ("golden wheat ready for harvest", "rows of crops in the countryside", "a farm field in summer"),
-    "city": ("tall buildings along a busy street", "the city skyline with many windows", "an urban street"),
-    "desert": ("orange sand dunes in the hot sun", "a dry desert landscape", "wind shaped dunes of sand"),
-    "snow": ("white snowy mountains in winter", "fresh snow on the peaks", "a cold snowy landscape"),
-}
-_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a picture of a {}.", "a view of the {}.", "{} on a sunny day.",
-              "my holiday photo of the {}.", "a landscape with {}.", "the {} seen from the ground.")
-_INDOOR = ("a photo of a room indoors.", "a photo of an indoor room.", "inside a living room.",
-           "a lamp and a sofa in a room.", "an indoor scene with furniture.", "a cozy bedroom interior.",
-           "the kitchen of my apartment.", "a hotel room.")
-
-
-def make_caption(class_name: str | None, rng: np.random.Generator) -> str:
-    """A caption for a ground photo of ``class_name`` (None: indoor).
-
-    A third of outdoor captions use the class's own name in CLIP's zero-shot template "a photo of a {}.", so
-    a model trained on them answers that prompt; the rest vary template, synonym and wording.
-    """
-    if class_name is None:
-        return str(_INDOOR[rng.integers(len(_INDOOR))])
-    u = rng.random()
-    if u < 0.33:
-        return f"a photo of a {class_name}."
-    if u < 0.55:
-        return str(_DESCRIPTIONS[class_name][rng.integers(3)])
-    name = _NAMES[class_name][rng.integers(len(_NAMES[class_name]))]
-    return _TEMPLATES[rng.integers(len(_TEMPLATES))].format(name)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Writing photos with EXIF
-
-
-def _dms(value: float) -> tuple[IFDRational, IFDRational, IFDRational]:
-    """Degrees -> EXIF (degrees, minutes, seconds) rationals, seconds to 1e-4 (a few millimetres)."""
-    value = abs(value)
-    deg = int(value)
-    minutes = int((value - deg) * 60)
-    sec = round(((value - deg) * 60 - minutes) * 60 * 10000)
-    return IFDRational(deg, 1), IFDRational(minutes, 1), IFDRational(sec, 10000)
-
-
-def _exif_bytes(lat: float, lon: float, taken: dt.datetime, fault: str | None) -> bytes:
-    exif = Image.Exif()
-    exif[_TAG_MAKE] = "graft"
-    exif[_TAG_MODEL] = "synthetic world camera"
-    if fault != "no_date":
-        exif.get_ifd(_TAG_EXIF_IFD)[_TAG_DATETIME_ORIGINAL] = taken.strftime("%Y:%m:%d %H:%M:%S")
-    if fault != "no_gps":
-        gps = exif.get_ifd(_TAG_GPS_IFD)
-        gps[_GPS_VERSION] = b"\x02\x03\x00\x00"
-        shown_lat = lat + 90.0 if fault == "lat_out_of_range" else lat  # e.g. 120 N: no such place
-        gps[_GPS_LAT] = _dms(shown_lat)
-        gps[_GPS_LON] = _dms(lon)
-        if fault != "gps_no_ref":
-            gps[_GPS_LAT_REF] = "N" if lat >= 0 else "S"
-            gps[_GPS_LON_REF] = "E" if lon >= 0 else "W"
-    return exif.tobytes()
-
-
-def _jpeg(img: np.ndarray, quality: int, exif: bytes | None = None) -> bytes:
-    buf = io.BytesIO()
-    kw = {"exif": exif} if exif else {}
-    Image.fromarray(img).save(buf, "JPEG", quality=quality, **kw)
-    return buf.getvalue()
-
-
 def _write_photos(root: Path, cfg: WorldConfig, grid: TileGrid, labels: np.ndarray, pl: dict[str, Any],
                   render_seed: int) -> list[PhotoTruth]:
     row, col = pl["row"], pl["col"]
@@ -1083,7 +443,8 @@ def _write_photos(root: Path, cfg: WorldConfig, grid: TileGrid, labels: np.ndarr
         taken = pl["taken"][i]
         photo_id = f"p{i:05d}"
         rel = f"photos/{photo_id}.jpg"
-        (root / rel).write_bytes(_jpeg(img, cfg.jpeg_quality, _exif_bytes(float(lat[i]), float(lon[i]), taken, fault)))
+        exif = world_photo_exif(float(lat[i]), float(lon[i]), taken, fault)
+        (root / rel).write_bytes(encode_photo(img, exif, quality=cfg.jpeg_quality))
         out.append(PhotoTruth(
             photo_id=photo_id, path=rel, lat=float(lat[i]), lon=float(lon[i]), row=float(row[i]), col=float(col[i]),
             class_index=k, class_name=CLASSES[k], indoor=indoor, exif_fault=fault,
@@ -1099,9 +460,9 @@ def _write_filter_train(folder: Path, cfg: WorldConfig, rng: np.random.Generator
     n = cfg.filter_train_per_class
     for i in tqdm(range(n), desc="rendering filter training set", unit="pair", mininterval=1.0):
         (folder / "indoor" / f"i{i:04d}.jpg").write_bytes(
-            _jpeg(render_ground_photo(None, rng, cfg.photo_px), cfg.jpeg_quality))
+            encode_photo(render_ground_photo(None, rng, cfg.photo_px), quality=cfg.jpeg_quality))
         (folder / "outdoor" / f"o{i:04d}.jpg").write_bytes(
-            _jpeg(render_ground_photo(CLASSES[i % len(CLASSES)], rng, cfg.photo_px), cfg.jpeg_quality))
+            encode_photo(render_ground_photo(CLASSES[i % len(CLASSES)], rng, cfg.photo_px), quality=cfg.jpeg_quality))
     return {"indoor": n, "outdoor": n}
 
 

@@ -25,8 +25,9 @@ import torch
 from pydantic import Field, model_validator
 
 from graft.config import ConfigError, StrictModel, load_config, validate
+from graft.dataset.embeddings import cache_spec_mismatch
 from graft.evaluation import report as rep
-from graft.evaluation.alignment import alignment_score, cache_mismatch
+from graft.evaluation.alignment import alignment_score
 from graft.evaluation.datasets import (
     ALL_KINDS,
     MULTILABEL_KINDS,
@@ -90,13 +91,14 @@ class BenchmarkEntry(StrictModel):
     """One benchmark and the tasks to run on it."""
 
     name: str
-    type: Literal["eurosat", "ucmerced", "resisc45", "aid", "imagefolder", "csv_multilabel", "bigearthnet",
-                  "segmentation", "graft_pairs"]
+    type: Literal["eurosat", "eurosat_ms", "ucmerced", "resisc45", "aid", "imagefolder", "csv_multilabel",
+                  "bigearthnet", "bigearthnet_s2", "segmentation", "graft_pairs"]
     root: str
     tasks: list[TaskName] | None = None  # default: zeroshot + retrieval / segmentation / alignment
     classnames: list[str] | None = None  # prompt names in class order; overrides classnames.txt
     templates: dict[str, list[str]] | None = None  # template sets; override templates.txt and the defaults
     rgb_bands: list[int] | None = None  # 1-based bands of multi-band TIFFs used as R, G, B
+    bands: list[str] | None = None  # names of multi-band TIFFs' bands in file order (multispectral models)
     csv: str = "labels.csv"  # multi-label sets: CSV file name under root
     splits: dict[str, str] | None = None  # ImageFolder sets: {split: file listing its images}
     eval_split: str = "test"  # split scored by zero-shot/retrieval/probes when the set has splits
@@ -239,20 +241,11 @@ def load_models(cfg: EvalConfig, device: str) -> list[LoadedModel]:
 
 def _load_set(b: BenchmarkEntry, seed: int):
     data = load_benchmark(b.type, b.root, name=b.name, classnames=b.classnames, rgb_bands=b.rgb_bands,
-                          split_files=b.splits, csv_name=b.csv, pairs_split=b.pairs_split)
+                          split_files=b.splits, csv_name=b.csv, pairs_split=b.pairs_split, bands=b.bands)
     if not b.max_images or b.max_images >= len(data):
         return data
     keep = np.sort(np.random.default_rng(seed).choice(len(data), b.max_images, replace=False))
-    if isinstance(data, ClassificationSet):
-        return data.subset(keep)
-    if isinstance(data, SegmentationSet):
-        data.images = [data.images[i] for i in keep]
-        data.masks = [data.masks[i] for i in keep]
-    else:
-        data.tile_ids = [data.tile_ids[i] for i in keep]
-        data.locations = [data.locations[i] for i in keep]
-        data.ground_mean = data.ground_mean[keep]
-    return data
+    return data.subset(keep)
 
 
 def _template_sets(b: BenchmarkEntry, data: Any, cfg: EvalConfig) -> dict[str, list[str]]:
@@ -291,7 +284,9 @@ class _Run:
                 self.report.notes.append(f"plot {fn.__name__} failed: {e}")
 
     def features(self, model: LoadedModel, data: Any, bench: str) -> Features:
-        loader = make_loader(data, model.preprocess, self.cfg.batch_size, self.cfg.workers)
+        # A multispectral model reads its bands from the set; an RGB model the set's R, G, B (read_rgb).
+        loader = make_loader(data, model.preprocess, self.cfg.batch_size, self.cfg.workers,
+                             band_input=model.tile_input if model.band_norm else None)
         with self.report.timer(f"features/{bench}"):
             feats = extract_image_features(model.model, loader, self.device, desc=f"{bench}: {model.name}")
         return feats
@@ -461,7 +456,7 @@ class _Run:
     def alignment(self, b: BenchmarkEntry, data: PairSet, models: list[LoadedModel]) -> None:
         seen: set[int] = set()
         for model in models:
-            why = cache_mismatch(data.cache_record, model.clip_record)
+            why = cache_spec_mismatch(data.cache_record, model.clip_record, portable=True)
             if why:
                 self.report.notes.append(f"alignment {model.name} on {b.name}: ground embeddings were made with "
                                          f"another CLIP ({why}); mutual kNN still compares neighbourhoods")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import pickle
 import urllib.parse
 from collections.abc import Sequence
@@ -45,8 +44,6 @@ from pydantic import Field, model_validator
 
 from graft.config import StrictModel
 from graft.models.clip_tower import ClipBundle, ClipSpec, FrozenClipTower, load_clip
-from graft.sources.base import Rejections
-from graft.storage import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +195,8 @@ def load_resnet_state(path: str | Path) -> dict[str, torch.Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
-def _resnet18(num_classes: int) -> torch.nn.Module:
+def resnet18_model(num_classes: int) -> torch.nn.Module:
+    """An untrained torchvision ResNet18 with ``num_classes`` outputs."""
     from torchvision.models import resnet18
 
     return resnet18(weights=None, num_classes=num_classes)
@@ -271,7 +269,7 @@ class IndoorFilter:
 
         if cfg.kind == "resnet18-places365":
             path = resolve_weights(cfg)
-            model = _resnet18(365)
+            model = resnet18_model(365)
             _strict_load(model, load_resnet_state(path), str(cfg.weights),
                          "a torchvision ResNet18 with 365 Places365 classes (resnet18_places365.pth.tar)")
             self.model, self.image_size = model, cfg.image_size or PLACES_IMAGE_SIZE
@@ -280,7 +278,7 @@ class IndoorFilter:
             meta = _binary_meta(path)
             if meta.get("classes", ",".join(BINARY_CLASSES)) != ",".join(BINARY_CLASSES):
                 raise ValueError(f"filter.weights {cfg.weights}: classes {meta['classes']!r}, expected indoor,outdoor")
-            model = _resnet18(2)
+            model = resnet18_model(2)
             _strict_load(model, load_resnet_state(path), str(cfg.weights),
                          "a 2-class ResNet18 written by 'graft filter-train'")
             trained = int(meta["image_size"]) if "image_size" in meta else None
@@ -366,241 +364,3 @@ class IndoorFilter:
     def keep(self, scores: np.ndarray) -> np.ndarray:
         """Boolean mask: True where the photo counts as outdoors (score >= threshold)."""
         return np.asarray(scores, dtype=np.float64) >= self.cfg.threshold
-
-
-# ---------------------------------------------------------------- graft filter-train
-
-_TRAIN_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def _load_rgb_file(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - name the file that broke training
-        raise ValueError(f"filter-train: cannot decode {path}: {type(e).__name__}: {e}") from None
-
-
-class _Split(torch.utils.data.Dataset):
-    """A subset of an ImageFolder's samples with its own transform."""
-
-    def __init__(self, samples: list[tuple[str, int]], transform: Any):
-        self.samples = samples
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[i]
-        return self.transform(_load_rgb_file(path)), label
-
-
-def _stratified_split(targets: list[int], val_fraction: float, gen: torch.Generator) -> tuple[list[int], list[int]]:
-    train_idx: list[int] = []
-    val_idx: list[int] = []
-    for cls in sorted(set(targets)):
-        idx = [i for i, t in enumerate(targets) if t == cls]
-        perm = [idx[j] for j in torch.randperm(len(idx), generator=gen).tolist()]
-        n_val = min(len(idx) - 1, max(1, math.ceil(val_fraction * len(idx))))
-        val_idx += perm[:n_val]
-        train_idx += perm[n_val:]
-    return sorted(train_idx), sorted(val_idx)
-
-
-def _load_init(model: torch.nn.Module, init: str) -> None:
-    """Load every weight but the classification head from ``init``; anything else missing is an error."""
-    path = Path(init).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"--init: file not found: {init} (a ResNet18 state dict, e.g. "
-                                f"resnet18_places365.pth.tar from {PLACES365_RESNET18_URL})")
-    state = {k: v for k, v in load_resnet_state(path).items() if not k.startswith("fc.")}
-    try:
-        # strict=False only so that the (replaced) head may be absent; everything else is checked below.
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches raise even when not strict
-        raise ValueError(f"--init {init} is not a torchvision ResNet18 state dict: "
-                         + " ".join(str(e).splitlines()[:3])[:600]) from None
-    missing = sorted(set(result.missing_keys) - {"fc.weight", "fc.bias"})
-    if missing or result.unexpected_keys:
-        raise ValueError(f"--init {init} is not a torchvision ResNet18 state dict: missing {missing[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}")
-
-
-@torch.no_grad()
-def _accuracy(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        pred = model(x.to(device)).argmax(dim=1).cpu()
-        correct += int((pred == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
-
-
-def train_binary_filter(
-    folder: str | Path,
-    out: str | Path,
-    epochs: int = 3,
-    batch_size: int = 32,
-    image_size: int = 128,
-    lr: float = 1e-3,
-    init: str | None = None,
-    seed: int = 0,
-    device: str | None = None,
-    val_fraction: float = 0.15,
-) -> dict[str, Any]:
-    """Fine-tune a 2-class (indoor, outdoor) ResNet18 on ``folder/indoor`` and ``folder/outdoor``.
-
-    A stratified ``val_fraction`` of each class is held out for the validation
-    accuracy. Training uses light augmentation (random resized crop, flip,
-    colour jitter), AdamW with a cosine schedule, and is deterministic for a
-    given seed on CPU. The caller's global RNG state is left untouched.
-
-    Args:
-        folder: folder with ``indoor/`` and ``outdoor/`` sub-folders of images.
-        out: output ``.safetensors`` file; ``out + ".json"`` gets the metadata.
-        epochs: passes over the training split.
-        batch_size: images per step.
-        image_size: square training and inference input size.
-        lr: peak learning rate.
-        init: optional ResNet18 weights (e.g. Places365) for everything but the head; random if None.
-        seed: seed for the split, the initialisation, shuffling and augmentation.
-        device: torch device; None picks cuda when available.
-        val_fraction: share of each class held out.
-
-    Returns:
-        The metadata written to ``out + ".json"`` (classes, sizes, accuracies, paths, rejections).
-    """
-    from safetensors.torch import save_file
-    from torchvision import datasets, transforms
-    from tqdm import tqdm
-
-    folder, out = Path(folder), Path(out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"filter-train: output {out} must end in .safetensors")
-    for cls in BINARY_CLASSES:
-        if not (folder / cls).is_dir():
-            raise FileNotFoundError(f"filter-train: {folder / cls} not found; FOLDER must hold indoor/ and outdoor/")
-    if epochs < 1 or batch_size < 1 or image_size < 16 or lr <= 0:
-        raise ValueError(f"filter-train: need epochs>=1, batch_size>=1, image_size>=16, lr>0 "
-                         f"(got {epochs}, {batch_size}, {image_size}, {lr})")
-
-    rejections = Rejections()
-
-    def usable(path: str) -> bool:
-        if not path.lower().endswith(_TRAIN_EXTENSIONS):
-            rejections.add("not_an_image", path, "extension not in " + " ".join(_TRAIN_EXTENSIONS))
-            return False
-        try:
-            with Image.open(path):  # header only: cheap, and catches non-images early
-                return True
-        except Exception as e:  # noqa: BLE001
-            rejections.add("corrupt_image", path, f"{type(e).__name__}: {e}")
-            return False
-
-    base = datasets.ImageFolder(str(folder), is_valid_file=usable, allow_empty=True)
-    if base.classes != list(BINARY_CLASSES):
-        raise ValueError(f"filter-train: {folder} must hold exactly the sub-folders indoor/ and outdoor/, "
-                         f"found {base.classes}")
-    counts = [base.targets.count(i) for i in range(2)]
-    if min(counts) < 2:
-        raise ValueError(f"filter-train: need at least 2 usable images per class, found indoor={counts[0]}, "
-                         f"outdoor={counts[1]} (rejected: {dict(rejections.counts)})")
-
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = transforms.Compose([
-        transforms.RandomResizedCrop(image_size, scale=(0.6, 1.0)),
-        transforms.RandomHorizontalFlip(),
-        transforms.ColorJitter(0.2, 0.2, 0.2),
-        transforms.ToTensor(),
-        norm,
-    ])
-
-    def eval_tf(img: Image.Image) -> torch.Tensor:
-        return resnet_input(img, image_size)  # exactly what IndoorFilter feeds at inference
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        train_idx, val_idx = _stratified_split(base.targets, val_fraction, gen)
-        train_ds = _Split([base.samples[i] for i in train_idx], train_tf)
-        val_ds = _Split([base.samples[i] for i in val_idx], eval_tf)
-        # BatchNorm cannot train on a batch of one: drop a lone trailing sample.
-        train_loader = torch.utils.data.DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=gen,
-                                                   drop_last=len(train_ds) % batch_size == 1)
-        val_loader = torch.utils.data.DataLoader(val_ds, batch_size=batch_size)
-
-        model = _resnet18(2)
-        if init:
-            _load_init(model, init)
-        model.to(dev)
-        # foreach: one fused op per step instead of ~60 per-tensor ops (torch only defaults to it on GPU).
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
-        total_steps = epochs * len(train_loader)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
-
-        train_acc = 0.0
-        with tqdm(total=total_steps, desc="filter-train", unit="step") as bar:
-            for epoch in range(epochs):
-                model.train()
-                correct = seen = 0
-                for x, y in train_loader:
-                    x, y = x.to(dev), y.to(dev)
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    correct += int((logits.argmax(dim=1) == y).sum())
-                    seen += len(y)
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-                train_acc = correct / max(seen, 1)
-        val_acc = _accuracy(model, val_loader, dev)
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta_st = {"format": BINARY_FORMAT, "arch": "resnet18", "classes": ",".join(BINARY_CLASSES),
-               "image_size": str(image_size)}
-    with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata=meta_st)
-    meta = {
-        "format": BINARY_FORMAT,
-        "arch": "resnet18",
-        "classes": list(BINARY_CLASSES),
-        "image_size": image_size,
-        "train_accuracy_last_epoch": train_acc,
-        "val_accuracy": val_acc,
-        "n_train": len(train_ds),
-        "n_val": len(val_ds),
-        "per_class": dict(zip(BINARY_CLASSES, counts, strict=True)),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "init": str(init) if init else None,
-        "weights": str(out),
-        "rejections": rejections.to_json(),
-    }
-    atomic_write_json(str(out) + ".json", meta)
-    return meta
-
-
-def run_filter_train_command(args: Any) -> int:
-    """``graft filter-train FOLDER OUT``: train the binary indoor filter and print a summary."""
-    meta = train_binary_filter(
-        folder=args.folder, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-        image_size=args.image_size, lr=args.lr, init=args.init, seed=args.seed,
-    )
-    rej = meta["rejections"]
-    print(f"filter-train: {meta['n_train']} train / {meta['n_val']} val images "
-          f"(indoor={meta['per_class']['indoor']}, outdoor={meta['per_class']['outdoor']})")
-    if rej["total"]:
-        print(f"  skipped {rej['total']} unusable files: {rej['counts']}")
-    print(f"  train accuracy (last epoch, augmented): {meta['train_accuracy_last_epoch']:.3f}")
-    print(f"  val accuracy: {meta['val_accuracy']:.3f}")
-    print(f"  weights: {meta['weights']}  (metadata: {meta['weights']}.json)")
-    print(f"  use it with: filter.kind=resnet18-binary filter.weights={meta['weights']}")
-    return 0

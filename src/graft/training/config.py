@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from graft.config import StrictModel
+from graft.dataset.layout import MANIFEST_FILE
+from graft.dataset.manifest import manifest_path
 from graft.models.clip_tower import ClipSpec
 
 
@@ -45,6 +46,9 @@ class OptimSection(StrictModel):
     warmup_steps: int = Field(500, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     grad_clip: float | None = Field(None, gt=0)
+    # Learning-rate multiplier of a multispectral encoder's extra-band patch embedding: it starts at zero,
+    # so a short schedule may need it to move faster than the pretrained weights. 1 = the same lr.
+    extra_bands_lr_scale: float = Field(1.0, gt=0)
 
 
 class LossSection(StrictModel):
@@ -68,8 +72,8 @@ class DataSection(StrictModel):
     @field_validator("dataset")
     @classmethod
     def _exists(cls, v: str) -> str:
-        if not (Path(v) / "manifest.parquet").is_file():
-            raise ValueError(f"{v} has no manifest.parquet; run `graft build` first")
+        if not manifest_path(v).is_file():
+            raise ValueError(f"{v} has no {MANIFEST_FILE}; run `graft build` first")
         return v
 
 

@@ -133,17 +133,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cos)
 
 
-def _param_groups(model: GraftModel, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+EXTRA_BANDS_PARAM = "visual.conv1.extra."  # a multispectral encoder's zero-initialised patch embedding
+
+
+def _param_groups(model: GraftModel, weight_decay: float, extra_bands_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    decay, no_decay, extra = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        if EXTRA_BANDS_PARAM in name:
+            extra.append(p)
         # Biases, norms, embeddings and the temperature are not decayed (standard for ViT/CLIP).
-        if p.ndim < 2 or "embedding" in name or "log_temperature" in name:
+        elif p.ndim < 2 or "embedding" in name or "log_temperature" in name:
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if extra:
+        groups.append({"params": extra, "weight_decay": weight_decay, "lr_scale": extra_bands_lr_scale})
+    return groups
 
 
 @dataclass
@@ -179,7 +187,7 @@ class Trainer:
         self.ddp = DDP(self.model) if self.info.enabled else self.model
         self.forward = torch.compile(self.ddp) if cfg.model.compile else self.ddp
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+            _param_groups(self.model, cfg.optim.weight_decay, cfg.optim.extra_bands_lr_scale), lr=cfg.optim.lr,
             betas=cfg.optim.betas, eps=cfg.optim.eps,
         )
         self.step = 0
@@ -269,7 +277,7 @@ class Trainer:
         """One optimiser step over ``grad_accum`` micro-batches; None if the step was skipped."""
         lr = lr_at(self.step, self.cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         finite = True
