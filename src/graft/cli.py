@@ -24,7 +24,7 @@ HANDLERS = {
     "export": ("graft.evaluation.export", "run_export_command"),
     "filter-train": ("graft.training.indoor_filter", "run_filter_train_command"),
     "doctor": ("graft.doctor", "run_doctor_command"),
-    "demo": ("graft.demo.run", "run_demo_command"),
+    "demo": ("graft.demo.command", "run_demo_command"),
 }
 
 

@@ -341,15 +341,3 @@ def render_report(doc: dict, report, out: Path) -> str:
         "## Wall time per stage (s)\n\n| stage | seconds |\n|---|---|\n" + wall + "\n\n"
         "## Plots\n\n" + "\n".join(f"- [{p}]({p})" for p in plots) + "\n"
     )
-
-
-def run_demo_command(args) -> int:
-    if args.multispectral:
-        from graft.demo.multispectral import run_multispectral_demo
-
-        run_multispectral_demo(args.out or "runs/demo-ms", quick=args.quick, seed=args.seed)
-    else:
-        run_demo(args.out or "runs/demo", quick=args.quick, seed=args.seed)
-    return 0
-
-
