@@ -57,9 +57,12 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 
 
 def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int = 48, n_shards: int = 2,
-                 seed: int = 0, embed: bool = True, splits=("train",), bands=("R", "G", "B")) -> Path:
+                 seed: int = 0, embed: bool = True, splits=("train",), invert_photos: bool = False,
+                 bands=("R", "G", "B")) -> Path:
     """Write manifest.parquet + tiles/photos shards; tiles get 1..6 photos whose colour follows the tile's.
 
+    With ``invert_photos`` a tile's photos take the complementary colour, so an untrained encoder
+    (a copy of CLIP's image tower) does not match tiles to their photos until training learns the mapping.
     ``bands`` names the tile bands, R, G, B first; bands beyond three hold random uint8 values.
     """
     rng = np.random.default_rng(seed)
@@ -93,7 +96,8 @@ def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int =
                 for j in range(n):
                     pid = f"p-{t:05d}-{j:02d}"
                     # Each tile's photos share a random texture, so a random tower still tells tiles apart.
-                    ph = (colour + np.random.default_rng(t).integers(-90, 90, (40, 40, 3))).clip(0, 255)
+                    base = 255 - colour if invert_photos else colour
+                    ph = (base + np.random.default_rng(t).integers(-90, 90, (40, 40, 3))).clip(0, 255)
                     ph = ph.astype(np.uint8)
                     jpgs.append(_jpeg(ph))
                     photos.append({"photo_id": pid, "row": float(rr[j]), "col": float(cc[j])})

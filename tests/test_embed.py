@@ -86,7 +86,7 @@ def test_embed_matches_the_frozen_tower_and_keeps_the_tiles(dataset, specs):
         assert emb.shape[0] == len(yaml.safe_load(raw["json"])["photos"])
 
 
-def test_rerun_skips_and_foreign_spec_is_refused_unless_forced(dataset, specs, tmp_path, capsys, caplog):
+def test_rerun_skips_and_foreign_spec_is_refused_unless_forced(dataset, specs, tmp_path, capsys):
     spec0, spec1 = specs
     embed_dataset(dataset, spec0, batch_size=32, device="cpu", progress=False)
     cached = _shard_bytes(dataset)
@@ -114,7 +114,8 @@ def test_rerun_skips_and_foreign_spec_is_refused_unless_forced(dataset, specs, t
     assert "already cached" in capsys.readouterr().out
     code = graft_main(["embed", str(dataset), "--clip-model", "graft-tiny-vit", "--clip-pretrained",
                        spec0.pretrained, "--device", "cpu"])
-    assert code == 1 and "another CLIP spec" in caplog.text
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("graft embed: error: ") and "another CLIP spec" in err
 
 
 def test_missing_cache_and_misaligned_photo_shard(dataset, specs):

@@ -2,7 +2,13 @@
 
 Arguments are declared here, with no heavy imports, so ``graft --help`` is
 instant and ``graft eval``/``graft export`` never import the training stack:
-each handler is imported only when its subcommand runs.
+each handler is imported only when its subcommand runs. A config whose model
+lives in a light module (no torch, no open_clip) is validated before the
+handler is imported, so a misspelt key comes back in well under a second.
+
+Every expected failure (:class:`graft.errors.GraftError`, a missing file, a
+bad value) prints one line, ``graft COMMAND: error: ...``, and exits 2;
+``-v`` adds the traceback and the INFO logs of third-party libraries.
 """
 
 from __future__ import annotations
@@ -22,9 +28,15 @@ HANDLERS = {
     "train": ("graft.training.trainer", "run_train_command"),
     "eval": ("graft.evaluation.run", "run_eval_command"),
     "export": ("graft.evaluation.export", "run_export_command"),
+    "vqa": ("graft.vqa.run", "run_vqa_command"),
     "filter-train": ("graft.training.indoor_filter", "run_filter_train_command"),
     "doctor": ("graft.doctor", "run_doctor_command"),
     "demo": ("graft.demo.command", "run_demo_command"),
+}
+
+# subcommand -> (module, config class) validated before the handler (and torch) is imported.
+EARLY_CONFIGS = {
+    "train": ("graft.training.config", "TrainConfig"),
 }
 
 
@@ -77,9 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an image- or pixel-level satellite encoder (run under torchrun for DDP)",
                        description="Train a satellite encoder against cached ground embeddings with the 1:N "
                        "contrastive loss. Under torchrun every rank's ground embeddings join the softmax.")
-    p.add_argument("config", help="training YAML (see train/image_level.yaml, train/pixel_level.yaml)")
+    p.add_argument("config", help="training YAML (see train/sentinel2_image.yaml, train/naip_image.yaml ...)")
     p.add_argument("--resume", default=None, metavar="latest|PATH",
                    help="resume from the newest valid checkpoint in the run folder, or from a checkpoint folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in a run folder that already holds a run (its checkpoints and metrics are "
+                   "moved aside to RUN/previous-N/)")
     p.add_argument("--live-ground", action="store_true",
                    help="embed ground photos with the frozen tower on the fly instead of reading the cache")
     _add_set(p)
@@ -95,6 +110,39 @@ def build_parser() -> argparse.ArgumentParser:
                        "loads it: the image tower is the satellite encoder, the text tower is CLIP's.")
     p.add_argument("checkpoint", help="checkpoint folder, or a run folder (its newest valid checkpoint is used)")
     p.add_argument("out_dir")
+
+    p = sub.add_parser("vqa", help="answer a question about one satellite image with the pixel-level model",
+                       description="Turn QUESTION into a small JSON program (RSVQA's question templates, or an\n"
+                       "OpenAI-compatible chat endpoint with --chat-url), validate it, and run it on IMAGE with the\n"
+                       "model's pixel-level concept maps: exists, count (connected regions), area (pixels x GSD^2),\n"
+                       "comparisons. Prints the program, the answer and the regions found for each concept.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                       "  graft vqa tile.tif 'Is there a water area?' --model runs/s2-pixel\n"
+                       "  graft vqa tile.png 'How many buildings are there?' --model runs/naip-pixel-export --gsd 0.6\n"
+                       "  graft vqa tile.tif 'Are there more roads than buildings?' --model runs/s2-pixel \\\n"
+                       "      --chat-url http://127.0.0.1:11434/v1 --chat-model qwen2.5:7b-instruct")
+    p.add_argument("image", help="the image: GeoTIFF (its GSD is read from the georeference), PNG or JPEG")
+    p.add_argument("question", help="e.g. 'Is there a road?', 'How many buildings are there?', "
+                   "'What is the area covered by water areas?', 'Are there more roads than buildings?'")
+    p.add_argument("--model", default=None, help="a pixel-level training run / checkpoint folder, or a 'graft export' "
+                   "folder (image-level models answer through their ViT's patch tokens)")
+    p.add_argument("--clip-model", default=None, help="answer with a frozen open_clip model instead (the baseline)")
+    p.add_argument("--clip-pretrained", default=None, help="pretrained tag or weights file for --clip-model")
+    p.add_argument("--gsd", type=float, default=None, help="metres per pixel (default: from the GeoTIFF georeference)")
+    p.add_argument("--vocabulary", default=None, metavar="A,B,...",
+                   help="more concepts each asked concept must beat for a pixel (comma-separated)")
+    p.add_argument("--background", default=None, metavar="A,B,...",
+                   help="background prompts replacing the generic land-cover list ('' for none)")
+    p.add_argument("--template", action="append", default=None, metavar="TEMPLATE",
+                   help="prompt template with {} for the concept (repeatable; default 'a photo of a {}.')")
+    p.add_argument("--chat-url", default=None, help="OpenAI-compatible API base that writes the program instead of "
+                   "the built-in RSVQA parser, e.g. http://127.0.0.1:11434/v1")
+    p.add_argument("--chat-model", default=None, help="model name served at --chat-url")
+    p.add_argument("--chat-key-env", default=None, metavar="VAR", help="environment variable holding the API key")
+    p.add_argument("--sam-checkpoint", default=None, help="refine concept masks with this local SAM checkpoint")
+    p.add_argument("--sam-model-type", default="vit_h")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
     p = sub.add_parser("filter-train", help="fine-tune a 2-class indoor/outdoor ResNet18 on a folder",
                        description="Train the ResNet18 indoor filter on FOLDER/indoor and FOLDER/outdoor images.")
@@ -125,33 +173,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def configure_logging(verbose: bool) -> None:
+    """graft's own INFO lines always; other libraries' (open_clip, faiss, ...) only with ``-v``."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not verbose:
+        logging.getLogger("graft").setLevel(logging.INFO)
+
+
+def _validate_early(args: argparse.Namespace) -> None:
+    """Validate the command's config before its handler's heavy imports (torch, open_clip)."""
+    if args.command not in EARLY_CONFIGS:
+        return
+    from graft.config import load_config
+
+    module, cls = EARLY_CONFIGS[args.command]
+    load_config(getattr(importlib.import_module(module), cls), args.config, getattr(args, "overrides", None))
+
+
+def is_expected(e: BaseException) -> bool:
+    """An error whose message is the whole story: bad input or a missing prerequisite, not a bug."""
+    from graft.errors import GraftError
+
+    return isinstance(e, (GraftError, FileNotFoundError, ValueError))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
     from graft.credentials import install_log_redaction, redact
 
     install_log_redaction()
-    module, func = HANDLERS[args.command]
-    handler = getattr(importlib.import_module(module), func)
     try:
+        _validate_early(args)
+        module, func = HANDLERS[args.command]
+        handler = getattr(importlib.import_module(module), func)
         return int(handler(args) or 0)
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - last line of defence: a clean message, secrets masked
-        from graft.config import ConfigError
-        from graft.credentials import CredentialError
-
-        if isinstance(e, (ConfigError, CredentialError, FileNotFoundError)) and not args.verbose:
-            print(f"graft {args.command}: error: {redact(str(e))}", file=sys.stderr)
-            return 2
-        logging.getLogger("graft").error("%s failed: %s", args.command, redact(f"{type(e).__name__}: {e}"))
         if args.verbose:
             raise
+        if is_expected(e):
+            print(f"graft {args.command}: error: {redact(str(e))}", file=sys.stderr)
+            return 2
+        print(f"graft {args.command}: error: unexpected {redact(f'{type(e).__name__}: {e}')} "
+              "(re-run with -v for the traceback, and please report it)", file=sys.stderr)
         return 1
 
 

@@ -9,9 +9,10 @@ Every stage is the product's own code, called as a user would call it:
    GeoTIFF source -> shards + manifest + geographic split;
 4. cache the ground embeddings (``graft embed``);
 5. train the image-level and pixel-level encoders (they never see text);
-6. cut held-out tiles from the test blocks (EuroSAT layout + a segmentation set) and
-   evaluate zero-shot classification, retrieval, segmentation, probes and alignment,
-   each beside the teacher applied directly to the tiles;
+6. cut held-out tiles from the test blocks (EuroSAT layout, a segmentation set and an
+   RSVQA-format question set) and evaluate zero-shot classification, retrieval,
+   segmentation, probes, alignment and VQA, each beside the teacher applied directly
+   to the tiles;
 7. export the image-level model to an open_clip ``local-dir:`` folder;
 8. write ``report.md`` / ``report.json`` with the wall time of every stage.
 """
@@ -51,6 +52,7 @@ class DemoPlan:
     batch_size: int
     heldout_per_class: int
     seg_tiles: int
+    vqa_tiles: int
 
     @classmethod
     def full(cls, seed: int = 0) -> DemoPlan:
@@ -58,7 +60,7 @@ class DemoPlan:
 
         return cls(world=WorldConfig(seed=seed), teacher_steps=500, teacher_batch=128, filter_epochs=3,
                    tile_factor=1.5, block_km=2.5, image_steps=400, pixel_steps=400, batch_size=32,
-                   heldout_per_class=60, seg_tiles=120)
+                   heldout_per_class=60, seg_tiles=120, vqa_tiles=120)
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoPlan:
@@ -66,7 +68,7 @@ class DemoPlan:
 
         return cls(world=WorldConfig.quick(seed=seed), teacher_steps=140, teacher_batch=96, filter_epochs=2,
                    tile_factor=1.5, block_km=2.0, image_steps=80, pixel_steps=80, batch_size=24,
-                   heldout_per_class=20, seg_tiles=30)
+                   heldout_per_class=20, seg_tiles=30, vqa_tiles=30)
 
 
 class _Stages:
@@ -204,6 +206,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     import torch
 
     from graft.demo.teacher import train_teacher
+    from graft.demo.vqa_set import write_heldout_vqa
     from graft.demo.world import generate_world
     from graft.evaluation import report as rep
     from graft.evaluation.export import export_checkpoint
@@ -254,6 +257,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
         allowed = _test_block_mask(world, out / "dataset", plan.block_km, bbox)
         cls_root, seg_root = write_heldout_sets(world, out, input_size, allowed, plan.heldout_per_class,
                                                 plan.seg_tiles, seed)
+        vqa_root = write_heldout_vqa(world, out, input_size, allowed, plan.vqa_tiles, seed)
         eval_cfg = validate(EvalConfig, {
             "models": [{"name": "graft-image", "checkpoint": str(out / "train-image")},
                        {"name": "graft-pixel", "checkpoint": str(out / "train-pixel")}],
@@ -263,7 +267,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
                  "tasks": ["zeroshot", "retrieval", "knn", "linear_probe"], "templates": ZERO_SHOT_TEMPLATES},
                 {"name": "heldout-seg", "type": "segmentation", "root": str(seg_root)},
                 {"name": "test-pairs", "type": "graft_pairs", "root": str(out / "dataset"), "pairs_split": "test"},
+                {"name": "heldout-vqa", "type": "rsvqa", "root": str(vqa_root), "gsd": world.config.gsd},
             ],
+            # The questions' own concepts are every land-cover class of the world: nothing else to compete with.
+            "vqa": {"background": []},
             "out_dir": str(out / "eval"),
             "device": "cpu",
             "workers": 0,
@@ -312,6 +319,8 @@ HEADLINE = [
     ("kNN (k=20) accuracy", "knn", "heldout", "top1", "graft-image"),
     ("linear probe accuracy", "linear_probe", "heldout", "top1", "graft-image"),
     ("alignment (mutual kNN, test pairs)", "alignment", "test-pairs", "mutual_knn@10", "graft-image"),
+    ("VQA overall accuracy (RSVQA-format, held-out tiles)", "vqa", "heldout-vqa", "overall_accuracy", "graft-pixel"),
+    ("VQA presence accuracy", "vqa", "heldout-vqa", "accuracy[presence]", "graft-pixel"),
 ]
 
 

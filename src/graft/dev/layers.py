@@ -52,19 +52,20 @@ from pathlib import Path
 
 UNITS: dict[str, tuple[str, ...]] = {
     "foundation": ("graft", "graft.config", "graft.credentials", "graft.storage", "graft.geometry",
-                   "graft.imagery", "graft.rejections"),
+                   "graft.imagery", "graft.rejections", "graft.errors", "graft.embedding_metrics"),
     "sources": ("graft.sources",),
     "dataset": ("graft.dataset",),
     "models": ("graft.models", "graft.losses"),
     "pipeline": ("graft.pipeline",),
     "evaluation": ("graft.evaluation",),
     "training": ("graft.training",),
+    "model_apps": ("graft.vqa",),
     "demo": ("graft.demo",),
     "apps": ("graft.cli", "graft.doctor"),
     "dev": ("graft.dev",),
 }
 
-_BELOW_DEMO = {"foundation", "sources", "dataset", "models", "pipeline", "evaluation", "training"}
+_BELOW_DEMO = {"foundation", "sources", "dataset", "models", "pipeline", "evaluation", "training", "model_apps"}
 MAY_IMPORT: dict[str, set[str]] = {
     "foundation": set(),
     "sources": {"foundation"},
@@ -73,6 +74,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "pipeline": {"foundation", "sources", "dataset", "models"},
     "evaluation": {"foundation", "dataset", "models"},
     "training": {"foundation", "dataset", "models", "pipeline", "evaluation"},
+    # Applications on a trained model (VQA, map search) sit beside evaluation and use it, never training.
+    "model_apps": {"foundation", "dataset", "models", "evaluation"},
     "demo": set(_BELOW_DEMO),
     "apps": _BELOW_DEMO | {"demo"},
     "dev": {"foundation"},

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from graft.errors import GraftError
 from graft.storage import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ EXPORT_INFO = "graft_export.json"
 _PROJECTOR_PREFIX = "projector."
 
 
-class ExportError(RuntimeError):
+class ExportError(GraftError, RuntimeError):
     """The checkpoint cannot be exported as an open_clip model; the message says why."""
 
 

@@ -307,6 +307,31 @@ _SERVER = ("internal error", "service unavailable", "currently unavailable", "ba
 _STATUS = re.compile(r"(?:http\s*error|status(?:\s*code)?|error\s*code)\W{0,3}(429|50[0234])\b")
 
 
+# Failures that belong to one chip's request and recur on every retry, by the reason the tile is dropped
+# with (``tile_ee_<reason>``). computePixels refuses requests over 48 MB, 32K pixels a side or 1024 bands
+# with a 400 (REST reference); a band missing from one NAIP year or scene, a vanished asset and a
+# computation over the per-request memory cap fail the same way each time.
+_PERMANENT = (
+    ("missing_band", ("did not match any bands", "band not found")),
+    ("asset_not_found", ("not found (does not exist", "asset not found", "does not exist or caller does not have")),
+    ("memory_limit", ("user memory limit exceeded",)),
+    ("request_too_large", ("request payload size exceeds", "total request size", "must be less than or equal to",
+                           "too many pixels")),
+)
+
+
+def permanent_ee_reason(exc: BaseException) -> str | None:
+    """The reason a chip can never be fetched (``missing_band``, ``asset_not_found``, ``memory_limit``,
+    ``request_too_large``), or None when the failure is not a known per-chip one."""
+    msg = str(exc).lower()
+    if "image asset" in msg and "not found" in msg:
+        return "asset_not_found"
+    for reason, needles in _PERMANENT:
+        if any(n in msg for n in needles):
+            return reason
+    return None
+
+
 def classify_ee_error(exc: BaseException) -> str | None:
     """The transient kind of an Earth Engine failure (``quota``, ``timeout``, ``server``,
     ``network``, ``bad_reply``), or None if retrying cannot help.
@@ -316,6 +341,8 @@ def classify_ee_error(exc: BaseException) -> str | None:
     """
     if isinstance(exc, TransientError):
         return exc.reason
+    if permanent_ee_reason(exc) is not None:
+        return None
     names = {c.__name__ for c in type(exc).__mro__}
     if isinstance(exc, TimeoutError) or any("Timeout" in n for n in names):
         return "timeout"
@@ -385,9 +412,11 @@ class EarthEngineSession:
         """Run one remote call under the semaphore, retrying transient failures.
 
         Raises:
-            ChipRejected: ``fetch_failed:<kind>`` once retries are exhausted or on a
-                non-transient Earth Engine error (``fetch_failed:ee_error``). The
-                detail is redacted.
+            ChipRejected: ``fetch_failed:<kind>`` once transient failures exhaust the retries, or on
+                an Earth Engine error of unknown kind (``fetch_failed:ee_error``): the build retries
+                the partition. ``ee_<reason>`` (see :func:`permanent_ee_reason`) at once on an error
+                that is a property of this chip's request: the build drops the tile with that reason.
+                The detail is redacted.
         """
         ee = self.ee
 
@@ -401,6 +430,9 @@ class EarthEngineSession:
             kind = classify_ee_error(e)
             if kind is None and not isinstance(e, ee.EEException):
                 raise  # a bug in this adapter, not a property of the chip: fail loudly
+            permanent = permanent_ee_reason(e) if kind is None else None
+            if permanent is not None:
+                raise ChipRejected(f"ee_{permanent}", redact(f"{type(e).__name__}: {e}")) from None
             raise ChipRejected(f"fetch_failed:{kind or 'ee_error'}", redact(f"{type(e).__name__}: {e}")) from None
 
 

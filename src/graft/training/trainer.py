@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from graft.config import dump_config, load_config
 from graft.dataset.band_stats import band_mean_std, read_band_stats
+from graft.errors import GraftError
 from graft.imagery import BandNorm
 from graft.losses import image_level_loss, pixel_level_loss
 from graft.models.checkpoint import (
@@ -42,11 +43,13 @@ from graft.storage import atomic_write_text, clean_stale_temps
 from graft.training import distributed as D
 from graft.training.config import TrainConfig
 from graft.training.data import BatchIterator, StreamSpec, check_embedding_cache, split_shards
+from graft.training.run_dir import drop_metrics_after, prepare_run_dir
+from graft.training.validation import Validator, judge, protected_steps, score_history
 
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(GraftError, RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
@@ -162,6 +165,7 @@ class TrainSummary:
     checkpoint: str | None
     seconds: float
     tiles_per_s: float
+    validation: str | None = None  # the end-of-run verdict of the validation signal, with its hint
 
 
 class Trainer:
@@ -171,6 +175,10 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         torch.manual_seed(cfg.train.seed)
         dev = self.info.device
+        shards = split_shards(cfg.data.dataset, cfg.data.split)
+        if not live_ground:
+            # Before the tower loads (minutes for a large one): a missing or foreign cache fails at once.
+            check_embedding_cache(shards, cfg.clip.weights_record())
         self.bundle = load_clip(cfg.clip, device="cpu")
         pcfg = self.bundle.model.visual.preprocess_cfg
         self.band_norm = encoder_band_norm(cfg, pcfg)
@@ -195,7 +203,6 @@ class Trainer:
         self.bad_run = 0
         self.data_state = {"epoch": 0, "batch_in_epoch": 0}
         norm = self.band_norm
-        shards = split_shards(cfg.data.dataset, cfg.data.split)
         if not live_ground:
             check_embedding_cache(shards, spec_record(self.bundle))
         self.stream = StreamSpec(
@@ -205,8 +212,10 @@ class Trainer:
             bands=norm.bands if norm else None, seed=cfg.train.seed,
             rank=self.info.rank, world_size=self.info.world_size, flips=cfg.data.flips, rot90=cfg.data.rot90,
             shuffle_buffer=cfg.data.shuffle_buffer, max_photos=cfg.data.max_photos_per_tile,
-            live_ground=live_ground, photo_transform=self.bundle.preprocess if live_ground else None,
+            interleave=cfg.data.shards_per_worker, live_ground=live_ground, photo_transform=self.bundle.preprocess if live_ground else None,
         )
+        self.validator = Validator(cfg, self.stream, self.tower.encode_images if live_ground else None)
+        self.last_validation: dict[str, float] | None = None
 
     # -- checkpoints --------------------------------------------------------------------------
     def _encoder_state(self) -> dict[str, torch.Tensor]:
@@ -226,10 +235,11 @@ class Trainer:
             }
             meta = {"kind": self.cfg.model.kind, "clip": self.cfg.clip.model_dump(),
                     "embed_dim": self.bundle.embed_dim, "input_size": self.model.encoder.image_size,
-                    "patch_size": self.model.encoder.patch_size,
+                    "patch_size": self.model.encoder.patch_size, "validation": self.last_validation,
                     "bands": self.band_norm.to_json() if self.band_norm else None}
             path = save_checkpoint(self.run_dir, self.step, self._encoder_state(), trainer_state, meta,
-                                   dump_config(self.cfg), keep_last=self.cfg.train.keep_last)
+                                   dump_config(self.cfg), keep_last=self.cfg.train.keep_last,
+                                   keep_steps=protected_steps(self.run_dir, self.last_validation, self.step))
         if self.info.enabled:
             torch.distributed.barrier()
         return path
@@ -341,51 +351,28 @@ class Trainer:
                 self._log(writer, {"loss": loss, "lr": lr_at(self.step - 1, cfg), "tiles_per_s": rate,
                                    "temperature": float(self.model.log_temperature.exp()),
                                    "bad_steps": self.bad_total})
-            if cfg.train.alignment_every and self.step % cfg.train.alignment_every == 0:
-                score = self.alignment()
-                if self.info.is_main and score is not None:
-                    self._log(writer, {"alignment": score})
+            if self.info.is_main and self.validator.due(self.step):
+                self.last_validation = self.validator.run(self.model.encoder, self.info.device)
+                if self.last_validation is not None:
+                    self._log(writer, self.last_validation)
             if self.step % cfg.train.ckpt_every == 0 or self.step == cfg.train.max_steps:
                 last_ckpt = self.save()
         bar.close()
         if writer is not None:
             writer.close()
         secs = time.time() - t0
+        verdict = judge(score_history(self.run_dir), self.run_dir).message if self.validator.active else None
+        if verdict and self.info.is_main:
+            log.info("%s", verdict)
         return TrainSummary(steps=self.step, final_loss=loss, bad_steps=self.bad_total,
                             checkpoint=str(last_ckpt) if last_ckpt else None, seconds=secs,
-                            tiles_per_s=tiles / max(secs, 1e-9))
+                            tiles_per_s=tiles / max(secs, 1e-9), validation=verdict)
 
     def _log(self, writer, scalars: dict[str, float]) -> None:
         for k, v in scalars.items():
             writer.add_scalar(f"train/{k}", v, self.step)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, **scalars}) + "\n")
-
-    @torch.no_grad()
-    def alignment(self) -> float | None:
-        """Mutual-kNN alignment between tile embeddings and their photos' mean embedding on a held-out split."""
-        from graft.evaluation.alignment import alignment_score
-
-        try:
-            shards = split_shards(self.cfg.data.dataset, self.cfg.train.alignment_split)
-        except Exception as e:  # noqa: BLE001 - alignment is a diagnostic; never stop training for it
-            log.warning("alignment skipped: %s", e)
-            return None
-        spec = StreamSpec(**{**self.stream.__dict__, "shards": shards, "split": self.cfg.train.alignment_split,
-                             "train": False, "rank": 0, "world_size": 1})
-        self.model.eval()
-        sats, grounds = [], []
-        for batch in BatchIterator(spec, 0)._it:
-            dev = self.info.device
-            emb = self.model.encoder.encode_image(batch["images"].to(dev))
-            g = self.tower.encode_images(batch["photos"].to(dev)) if self.live else batch["ground"].to(dev)
-            mean = torch.zeros(emb.shape[0], g.shape[1], device=dev).index_add_(0, batch["owner"].to(dev), g)
-            sats.append(emb.float().cpu())
-            grounds.append(torch.nn.functional.normalize(mean, dim=-1).cpu())
-        self.model.train()
-        if not sats:
-            return None
-        return float(alignment_score(torch.cat(sats).numpy(), torch.cat(grounds).numpy()))
 
 
 class _nullctx:
@@ -403,14 +390,26 @@ def _tb_writer(run_dir: Path):
 
 
 def train(cfg: TrainConfig, resume: str | None = None, live_ground: bool = False,
-          stop_after: int | None = None) -> TrainSummary:
-    """Python API: set up (DDP if under torchrun), optionally resume, train."""
+          stop_after: int | None = None, overwrite: bool = False) -> TrainSummary:
+    """Python API: set up (DDP if under torchrun), optionally resume, train.
+
+    Args:
+        cfg: the validated training config.
+        resume: ``"latest"`` (the newest valid checkpoint of ``cfg.run_dir``, if any) or a checkpoint folder.
+        live_ground: embed ground photos with the frozen tower on the fly instead of reading the cache.
+        stop_after: stop after this many more steps (tests).
+        overwrite: start again in a run folder that holds a run; the old one is moved to ``previous-N/``.
+
+    Raises:
+        RunFolderInUse: ``cfg.run_dir`` holds a run and neither ``resume`` nor ``overwrite`` is given.
+    """
+    prepare_run_dir(cfg.run_dir, resume, overwrite)
     info = D.setup(cfg.train.device)
     try:
         np.random.seed(cfg.train.seed)
         trainer = Trainer(cfg, live_ground=live_ground, info=info)
-        if resume:
-            trainer.resume(resume)
+        if resume and trainer.resume(resume) and info.is_main:
+            drop_metrics_after(cfg.run_dir, trainer.step)
         return trainer.fit(stop_after=stop_after)
     finally:
         D.teardown()
@@ -418,7 +417,7 @@ def train(cfg: TrainConfig, resume: str | None = None, live_ground: bool = False
 
 def run_train_command(args) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    summary = train(cfg, resume=args.resume, live_ground=args.live_ground)
+    summary = train(cfg, resume=args.resume, live_ground=args.live_ground, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"\ntrained {cfg.model.kind}-level encoder: {summary.steps} steps, final loss {summary.final_loss:.4f}, "
@@ -426,4 +425,6 @@ def run_train_command(args) -> int:
             f"checkpoint: {summary.checkpoint}\nrun folder: {cfg.run_dir} (TensorBoard: tensorboard --logdir "
             f"{cfg.run_dir}/tb)"
         )
+        if summary.validation:
+            print(summary.validation)
     return 0

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from graft.dataset.layout import TILE_SHARDS_GLOB
+from graft.errors import GraftError
 from graft.imagery import rgb_band_indexes, tile_to_rgb8
 from graft.rejections import Rejected, Rejections
 
@@ -22,7 +23,7 @@ TIFF_EXTS = (".tif", ".tiff")
 IGNORE_INDEX = 255
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(GraftError, FileNotFoundError):
     """A benchmark is not where the config says. The message says where to get it and how to lay it out."""
 
 
