@@ -18,17 +18,19 @@ RUN ?= runs/s2-image
 EXPORT ?= $(RUN)-export
 TORCHRUN = $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC_PER_NODE) -m graft.cli train
 
-.PHONY: setup demo demo-ms test test-all lint dataset-naip dataset-s2 embed train-s2-image train-s2-pixel \
+BROWSER_PKGS ?= chromium chromium-driver
+
+.PHONY: setup browser demo demo-ms test test-all lint dataset-naip dataset-s2 embed train-s2-image train-s2-pixel \
 	train-naip-image train-naip-pixel eval-s2 eval-naip export bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet $(TORCH_PINS)
-	$(VENV)/bin/pip install --quiet -e '.[dev,ray,sam]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,ray,sam,hf,map,benchmarks]'
 	touch $@
 
-setup: $(VENV)/.installed  ## build .venv and install graft with dev+ray+sam extras
+setup: $(VENV)/.installed  ## build .venv and install graft with dev+ray+sam+hf+map+benchmarks extras
 
 demo: $(VENV)/.installed  ## the whole job on the embedded synthetic world (CPU, minutes) -> runs/demo/report.md
 	$(GRAFT) demo --out runs/demo
@@ -36,10 +38,16 @@ demo: $(VENV)/.installed  ## the whole job on the embedded synthetic world (CPU,
 demo-ms: $(VENV)/.installed  ## multispectral demo: RGB vs RGB+NIR encoders on classes alike in RGB -> runs/demo-ms/report.md
 	$(GRAFT) demo --multispectral --quick --out runs/demo-ms
 
-test: $(VENV)/.installed  ## the CI suite (fast, CPU only)
+# The map page's browser test drives Debian's headless Chromium (no browser download). Fast when installed.
+browser:  ## install chromium + chromedriver from Debian if missing (root or sudo)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(BROWSER_PKGS); }
+
+test: $(VENV)/.installed browser  ## the CI suite (fast, CPU only)
 	$(PY) -m pytest -q -m "not heavy" tests
 
-test-all: $(VENV)/.installed  ## everything, including tests marked heavy
+test-all: $(VENV)/.installed browser  ## everything, including tests marked heavy
 	$(PY) -m pytest -q tests
 
 lint: $(VENV)/.installed  ## ruff, and the import layers (python -m graft.dev.layers)

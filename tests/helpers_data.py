@@ -50,6 +50,18 @@ def make_checkpoint(folder: Path, spec: ClipSpec, kind: str, seed: int = 1, band
                                  "bands": band_norm.to_json() if band_norm else None})
 
 
+def make_class_folders(root: Path, colours: dict[str, tuple[int, int, int]], per_class: int, size: int = 48,
+                       noise: float = 25.0, seed: int = 0) -> Path:
+    """An EuroSAT-layout ImageFolder: ROOT/<Class>/<Class>_<n>.png, each image its class colour plus noise."""
+    rng = np.random.default_rng(seed)
+    for cls, colour in colours.items():
+        (root / cls).mkdir(parents=True)
+        for n in range(per_class):
+            arr = np.clip(np.array(colour) + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / cls / f"{cls}_{n + 1}.png")
+    return root
+
+
 def _jpeg(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=90)

@@ -9,8 +9,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from helpers_data import make_checkpoint, tiny_clip_spec
-from PIL import Image
+from helpers_data import make_checkpoint, make_class_folders, tiny_clip_spec
 from torch.utils.data import DataLoader
 
 from graft.evaluation import export as ex
@@ -38,12 +37,7 @@ def _single_thread():
 
 
 def make_eurosat(root: Path, per_class: int = 4) -> Path:
-    rng = np.random.default_rng(0)
-    for cls, color in CLASSES.items():
-        (root / cls).mkdir(parents=True)
-        for n in range(per_class):
-            arr = np.clip(np.array(color) + rng.normal(0, 25, (48, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / cls / f"{cls}_{n + 1}.png")
+    make_class_folders(root, CLASSES, per_class)
     (root / "templates.txt").write_text("a satellite image of {}.\na photo of {} from above.\n")
     return root
 

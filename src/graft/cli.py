@@ -29,6 +29,8 @@ HANDLERS = {
     "eval": ("graft.evaluation.run", "run_eval_command"),
     "export": ("graft.evaluation.export", "run_export_command"),
     "vqa": ("graft.vqa.run", "run_vqa_command"),
+    "import": ("graft.evaluation.released", "run_import_command"),
+    "map": ("graft.mapsearch.app", "run_map_command"),
     "filter-train": ("graft.training.indoor_filter", "run_filter_train_command"),
     "doctor": ("graft.doctor", "run_doctor_command"),
     "demo": ("graft.demo.command", "run_demo_command"),
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="graft",
         description="Train remote-sensing vision-language models without text annotations, by aligning "
         "satellite encoders to frozen CLIP embeddings of co-located ground photos (GRAFT).",
-        epilog="Stages: build -> embed -> train -> eval -> export. 'graft demo' runs them all on a synthetic world.",
+        epilog="Stages: build -> embed -> train -> eval -> export (import: the authors' released models; map: text search over a region). 'graft demo' runs them all on a synthetic world.",
     )
     parser.add_argument("--version", action="version", version=f"graft {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -143,6 +145,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sam-checkpoint", default=None, help="refine concept masks with this local SAM checkpoint")
     p.add_argument("--sam-model-type", default="vit_h")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p = sub.add_parser("import", help="import a released GRAFT checkpoint (the authors' files) as a graft checkpoint",
+                       description="Convert a released GRAFT checkpoint (satellite_image_backbone.* = a Hugging Face "
+                       "CLIPVisionModelWithProjection, projector.* = the pixel-level head; plain, 'model.'-prefixed "
+                       "or Lightning 'state_dict' layouts) into a graft run folder that 'graft eval', 'graft export' "
+                       "and 'graft map' take. The text tower comes from an open_clip spec.")
+    p.add_argument("released", help="the released file (.ckpt, .pt, .pth or .safetensors)")
+    p.add_argument("out_dir", help="run folder to write (OUT_DIR/checkpoints/step-N/)")
+    p.add_argument("--kind", choices=["image", "pixel"], default=None,
+                   help="image- or pixel-level (default: pixel if the file has a projector, else image)")
+    p.add_argument("--clip-model", default="ViT-B-16-quickgelu",
+                   help="open_clip model giving the text tower and the image tower's architecture "
+                   "(default: ViT-B-16-quickgelu, the released models' backbone)")
+    p.add_argument("--clip-pretrained", default="openai", help="its pretrained tag or local weights file "
+                   "(default: openai)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a checkpoint that pickles more than tensors (only for files you trust)")
+
+    p = sub.add_parser("map", help="search a region by text: heat map + top tiles in a local web page",
+                       description="Embed every tile of a region (a GeoTIFF/COG, or a dataset folder built by "
+                       "'graft build') once with trained or imported models (cached, resumable), then either serve "
+                       "a local web page (type a concept, see the pixel-level similarity heat map and the top-k "
+                       "tiles) or, with --query and --out, write the heat map as a GeoTIFF in the region's CRS. "
+                       "Nothing is fetched from the internet; the page binds to 127.0.0.1 unless --host says otherwise.",
+                       epilog="examples:  graft map region.tif -m runs/s2-image -m runs/s2-pixel   |   "
+                       "graft map region.tif -m runs/s2-pixel --query 'solar farm' --out solar.tif")
+    p.add_argument("region", help="GeoTIFF/COG of the region, or a dataset folder written by 'graft build'")
+    p.add_argument("--model", "-m", dest="models", action="append", required=True, metavar="CHECKPOINT",
+                   help="checkpoint, run or 'graft export' folder, image- or pixel-level (give one of each with two "
+                   "--model). Pixel-level embeddings make the heat map; see --rank for the tile list")
+    p.add_argument("--cache", default=None, help="embedding cache folder (default: runs/map/<region>-<hash>)")
+    p.add_argument("--tile-px", type=int, default=None,
+                   help="raster region: tile side in raster pixels (default: the model's input size)")
+    p.add_argument("--template", default="a satellite image of {}.",
+                   help="prompt a query is put into, '{}' = the query (default: 'a satellite image of {}.'; "
+                   "'{}' alone uses the text as typed)")
+    p.add_argument("--top-k", type=int, default=12, help="tiles listed per query (default 12)")
+    p.add_argument("--rank", choices=["auto", "image", "pixel"], default="auto",
+                   help="order tiles by image-level similarity or by their mean pixel-level similarity (the heat "
+                   "map's); auto: pixel when a pixel-level model is given, else image")
+    p.add_argument("--batch-size", type=int, default=32, help="tiles per forward pass (default 32)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--query", default=None, help="non-interactive: print this query's top tiles (and write --out) instead of serving")
+    p.add_argument("--out", default=None, help="with --query: the heat-map GeoTIFF to write, in the raster's CRS (a dataset region: a folder, "
+                   "one GeoTIFF per top tile)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port to serve on (default 8765; 0 picks a free one)")
 
     p = sub.add_parser("filter-train", help="fine-tune a 2-class indoor/outdoor ResNet18 on a folder",
                        description="Train the ResNet18 indoor filter on FOLDER/indoor and FOLDER/outdoor images.")

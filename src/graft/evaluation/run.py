@@ -30,6 +30,9 @@ from graft.dataset.embeddings import cache_spec_mismatch
 from graft.errors import GraftError
 from graft.evaluation import report as rep
 from graft.evaluation.alignment import alignment_score
+from graft.evaluation.clip_benchmark_sets import DATASETS as CLIP_BENCHMARK_DATASETS
+from graft.evaluation.clip_benchmark_sets import SET_NAME as CLIP_BENCHMARK_SET
+from graft.evaluation.clip_benchmark_sets import PromptSet, clip_benchmark_prompts
 from graft.evaluation.datasets import (
     ALL_KINDS,
     MULTILABEL_KINDS,
@@ -129,7 +132,9 @@ class BenchmarkEntry(StrictModel):
     root: str
     tasks: list[TaskName] | None = None  # default: zeroshot + retrieval / segmentation / alignment
     classnames: list[str] | None = None  # prompt names in class order; overrides classnames.txt
-    templates: dict[str, list[str]] | None = None  # template sets; override templates.txt and the defaults
+    # Template sets: a mapping {name: templates} overrides templates.txt and the defaults; a name or list of names
+    # picks sets: the config's own (ground, satellite, ...) or 'clip_benchmark' (CLIP_benchmark's prompts).
+    templates: dict[str, list[str]] | list[str] | str | None = None
     rgb_bands: list[int] | None = None  # 1-based bands of multi-band TIFFs used as R, G, B
     bands: list[str] | None = None  # names of multi-band TIFFs' bands in file order (multispectral models)
     csv: str = "labels.csv"  # multi-label sets: CSV file name under root
@@ -149,6 +154,12 @@ class BenchmarkEntry(StrictModel):
         bad = [t for t in self.tasks if t not in allowed]
         if bad:
             raise ValueError(f"benchmark {self.name!r} ({self.type}) cannot run {bad}; allowed: {list(allowed)}")
+        if isinstance(self.templates, str):
+            self.templates = [self.templates]
+        if isinstance(self.templates, list) and CLIP_BENCHMARK_SET in self.templates \
+                and self.type not in CLIP_BENCHMARK_DATASETS:
+            raise ValueError(f"benchmark {self.name!r} ({self.type}): CLIP_benchmark has no template set for it; "
+                             f"'templates: {CLIP_BENCHMARK_SET}' covers types {sorted(CLIP_BENCHMARK_DATASETS)}")
         if self.splits and self.type in (*MULTILABEL_KINDS, "segmentation", "graft_pairs", "rsvqa"):
             raise ValueError(f"benchmark {self.name!r}: 'splits' files are for ImageFolder sets; multi-label CSVs "
                              "carry a 'split' column instead")
@@ -306,8 +317,15 @@ class EvalConfig(StrictModel):
         bnames = [b.name for b in self.benchmarks]
         if len(set(bnames)) != len(bnames):
             raise ValueError(f"benchmark names must be unique, got {bnames}")
+        for b in self.benchmarks:
+            unknown = [n for n in b.templates if n not in self.templates and n != CLIP_BENCHMARK_SET] \
+                if isinstance(b.templates, list) else []
+            if unknown:
+                raise ValueError(f"benchmarks.{b.name}.templates: no template set named {unknown[0]!r}; the config "
+                                 f"has {sorted(self.templates)}, plus {CLIP_BENCHMARK_SET!r}")
         for name, sets in [("templates", self.templates)] + [
-                (f"benchmarks.{b.name}.templates", b.templates) for b in self.benchmarks if b.templates]:
+                (f"benchmarks.{b.name}.templates", b.templates) for b in self.benchmarks
+                if isinstance(b.templates, dict)]:
             for sname, tpl in sets.items():
                 if not tpl or any("{}" not in t for t in tpl):
                     raise ValueError(f"{name}.{sname}: every template needs '{{}}' for the class name, got {tpl}")
@@ -391,15 +409,28 @@ def _load_set(b: BenchmarkEntry, seed: int):
     return data.subset(keep)
 
 
-def _template_sets(b: BenchmarkEntry, data: Any, cfg: EvalConfig) -> dict[str, list[str]]:
-    if b.templates:
-        return b.templates
+def _template_sets(b: BenchmarkEntry, data: Any, cfg: EvalConfig) -> dict[str, PromptSet]:
+    """The prompt sets a benchmark runs with, by name (the name goes into the report's dataset field)."""
+    def own(templates: list[str], source: str) -> PromptSet:
+        return PromptSet(list(data.classnames), list(templates), source)
+
+    if isinstance(b.templates, dict):
+        return {n: own(t, "the benchmark's templates in the config") for n, t in b.templates.items()}
+    if isinstance(b.templates, list):
+        return {n: clip_benchmark_prompts(b.type, list(data.classes)) if n == CLIP_BENCHMARK_SET
+                else own(cfg.templates[n], "the config's templates") for n in b.templates}
     if getattr(data, "templates", None):
-        return {"custom": data.templates}
-    return cfg.templates
+        return {"custom": own(data.templates, "templates.txt")}
+    return {n: own(t, "the config's templates") for n, t in cfg.templates.items()}
 
 
-def _plot_set(sets: dict[str, list[str]], cfg: EvalConfig) -> str:
+def _note_prompt_sources(report: rep.Report, bench: str, sets: dict[str, PromptSet]) -> None:
+    for name, pset in sets.items():
+        if name == CLIP_BENCHMARK_SET:
+            report.notes.append(f"{bench}[{name}] prompts: {pset.source}")
+
+
+def _plot_set(sets: dict[str, Any], cfg: EvalConfig) -> str:
     if cfg.plot_templates and cfg.plot_templates in sets:
         return cfg.plot_templates
     return "satellite" if "satellite" in sets else next(iter(sets))
@@ -463,6 +494,7 @@ class _Run:
     def classification(self, b: BenchmarkEntry, data: ClassificationSet, models: list[LoadedModel]) -> None:
         tasks = set(b.tasks)
         tsets = _template_sets(b, data, self.cfg)
+        _note_prompt_sources(self.report, b.name, tsets)
         plot_set = _plot_set(tsets, self.cfg)
         if data.splits is not None:  # the splits were checked by check_preconditions
             needed = data.splits == b.eval_split
@@ -482,9 +514,9 @@ class _Run:
                 eval_mask = work.splits[rows] == b.eval_split
             else:
                 eval_mask = np.ones(len(rows), dtype=bool)
-            for tname, templates in tsets.items():
+            for tname, pset in tsets.items():
                 dname = f"{b.name}[{tname}]"
-                weights = class_embeddings(model.model, model.tokenizer, work.classnames, templates, self.device)
+                weights = class_embeddings(model.model, model.tokenizer, pset.classnames, pset.templates, self.device)
                 if "zeroshot" in tasks:
                     with self.report.timer(f"zeroshot/{b.name}"):
                         res = zeroshot_from_features(x[eval_mask], weights, targets[eval_mask], work.multilabel)
@@ -575,8 +607,8 @@ class _Run:
             except TypeError as e:  # not a ViT: no patch tokens to score
                 self.report.notes.append(f"segmentation skipped for {model.name}: {e}")
                 continue
-            for tname, templates in tsets.items():
-                weights = class_embeddings(model.model, model.tokenizer, data.classnames, templates, self.device)
+            for tname, pset in tsets.items():
+                weights = class_embeddings(model.model, model.tokenizer, pset.classnames, pset.templates, self.device)
                 variants = [(f"{b.name}[{tname}]", None)]
                 if refiner is not None:
                     variants.append((f"{b.name}[{tname}+sam]", refiner))
@@ -662,6 +694,9 @@ def evaluate(cfg: EvalConfig | dict[str, Any]) -> dict[str, Any]:
                 check_preconditions(b, sets[b.name], cfg)
     if not sets:
         raise DatasetNotFoundError("no benchmark of the config was found; see the notes above and eval/README.md")
+    for b in cfg.benchmarks:  # a missing clip_benchmark package or a foreign class folder fails before models load
+        if isinstance(sets.get(b.name), (ClassificationSet, SegmentationSet)):
+            _template_sets(b, sets[b.name], cfg)
     with report.timer("load_models"):
         models = load_models(cfg, device)
     for m in models:
