@@ -20,7 +20,7 @@ TORCHRUN = $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC_PER_NODE) 
 
 BROWSER_PKGS ?= chromium chromium-driver
 
-.PHONY: setup browser demo test test-all lint dataset-naip dataset-s2 embed train-s2-image train-s2-pixel \
+.PHONY: setup browser demo demo-ms test test-all lint dataset-naip dataset-s2 embed train-s2-image train-s2-pixel \
 	train-naip-image train-naip-pixel eval-s2 eval-naip export bench clean
 
 $(VENV)/.installed: pyproject.toml
@@ -34,6 +34,9 @@ setup: $(VENV)/.installed  ## build .venv and install graft with dev+ray+sam+hf+
 
 demo: $(VENV)/.installed  ## the whole job on the embedded synthetic world (CPU, minutes) -> runs/demo/report.md
 	$(GRAFT) demo --out runs/demo
+
+demo-ms: $(VENV)/.installed  ## multispectral demo: RGB vs RGB+NIR encoders on classes alike in RGB -> runs/demo-ms/report.md
+	$(GRAFT) demo --multispectral --quick --out runs/demo-ms
 
 # The map page's browser test drives Debian's headless Chromium (no browser download). Fast when installed.
 browser:  ## install chromium + chromedriver from Debian if missing (root or sudo)

@@ -24,6 +24,7 @@ from graft import __version__
 HANDLERS = {
     "build": ("graft.pipeline.build", "run_build_command"),
     "embed": ("graft.pipeline.embed", "run_embed_command"),
+    "band-stats": ("graft.dataset.band_stats", "run_band_stats_command"),
     "train": ("graft.training.trainer", "run_train_command"),
     "eval": ("graft.evaluation.run", "run_eval_command"),
     "export": ("graft.evaluation.export", "run_export_command"),
@@ -32,7 +33,7 @@ HANDLERS = {
     "map": ("graft.mapsearch.app", "run_map_command"),
     "filter-train": ("graft.training.indoor_filter", "run_filter_train_command"),
     "doctor": ("graft.doctor", "run_doctor_command"),
-    "demo": ("graft.demo.run", "run_demo_command"),
+    "demo": ("graft.demo.command", "run_demo_command"),
 }
 
 # subcommand -> (module, config class) validated before the handler (and torch) is imported.
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run partitions on a local thread pool (default) or as Ray tasks (needs the 'ray' extra)")
     p.add_argument("--workers", type=int, default=None, help="parallel partitions (local) / tasks in flight (ray)")
     _add_set(p)
+
+    p = sub.add_parser("band-stats", help="(re)write a dataset's per-band statistics (band_stats.json)",
+                       description="Mean, std and valid-pixel count of every tile band, per split, written beside "
+                       "the manifest. The build writes them; this recomputes them for an older dataset.")
+    p.add_argument("dataset", help="dataset folder written by 'graft build'")
 
     p = sub.add_parser("embed", help="cache frozen-CLIP embeddings of every kept ground photo",
                        description="Run every kept ground photo through the frozen CLIP tower once and store fp16 "
@@ -206,8 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate a synthetic world, train a tiny CLIP teacher on ground photos, build "
                        "the dataset with the real pipeline, cache embeddings, train image- and pixel-level "
                        "models, evaluate against the teacher-direct baseline, export, and write a report.")
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/demo, or runs/demo-ms)")
     p.add_argument("--quick", action="store_true", help="smaller world and fewer steps (used by the test suite)")
+    p.add_argument("--multispectral", action="store_true",
+                   help="the multispectral variant: two classes alike in RGB, apart in near-infrared; trains an "
+                   "RGB and an RGB+NIR encoder and compares them")
     p.add_argument("--seed", type=int, default=0)
     return parser
 

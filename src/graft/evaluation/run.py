@@ -127,8 +127,8 @@ class BenchmarkEntry(StrictModel):
     """
 
     name: str
-    type: Literal["eurosat", "ucmerced", "resisc45", "aid", "imagefolder", "csv_multilabel", "bigearthnet",
-                  "segmentation", "graft_pairs", "rsvqa"]
+    type: Literal["eurosat", "eurosat_ms", "ucmerced", "resisc45", "aid", "imagefolder", "csv_multilabel",
+                  "bigearthnet", "bigearthnet_s2", "segmentation", "graft_pairs", "rsvqa"]
     root: str
     tasks: list[TaskName] | None = None  # default: zeroshot + retrieval / segmentation / alignment
     classnames: list[str] | None = None  # prompt names in class order; overrides classnames.txt
@@ -136,6 +136,7 @@ class BenchmarkEntry(StrictModel):
     # picks sets: the config's own (ground, satellite, ...) or 'clip_benchmark' (CLIP_benchmark's prompts).
     templates: dict[str, list[str]] | list[str] | str | None = None
     rgb_bands: list[int] | None = None  # 1-based bands of multi-band TIFFs used as R, G, B
+    bands: list[str] | None = None  # names of multi-band TIFFs' bands in file order (multispectral models)
     csv: str = "labels.csv"  # multi-label sets: CSV file name under root
     splits: dict[str, str] | None = None  # ImageFolder sets: {split: file listing its images}
     eval_split: str = "test"  # split scored by zero-shot/retrieval/probes when the set has splits
@@ -410,7 +411,7 @@ def _load_set(b: BenchmarkEntry, seed: int):
     if b.type in APP_BENCHMARK_TYPES:
         return app_benchmark(b.type).load(b, seed)
     data = load_benchmark(b.type, b.root, name=b.name, classnames=b.classnames, rgb_bands=b.rgb_bands,
-                          split_files=b.splits, csv_name=b.csv, pairs_split=b.pairs_split)
+                          split_files=b.splits, csv_name=b.csv, pairs_split=b.pairs_split, bands=b.bands)
     if not b.max_images or b.max_images >= len(data):
         return data
     keep = np.sort(np.random.default_rng(seed).choice(len(data), b.max_images, replace=False))
@@ -484,7 +485,9 @@ class _Run:
                 self.report.notes.append(f"plot {fn.__name__} failed: {e}")
 
     def features(self, model: LoadedModel, data: Any, bench: str) -> Features:
-        loader = make_loader(data, model.preprocess, self.cfg.batch_size, self.cfg.workers)
+        # A multispectral model reads its bands from the set; an RGB model the set's R, G, B (read_rgb).
+        loader = make_loader(data, model.preprocess, self.cfg.batch_size, self.cfg.workers,
+                             band_input=model.tile_input if model.band_norm else None)
         with self.report.timer(f"features/{bench}"):
             feats = extract_image_features(model.model, loader, self.device, desc=f"{bench}: {model.name}")
         return feats

@@ -8,6 +8,11 @@ Layout (docs/formats.md): ``step-NNNNNNN/`` holding ``model.safetensors``,
 ``config.yaml``. The folder is renamed into place only when complete, and its
 checksums are verified on load, so a torn or corrupted checkpoint is detected
 and the previous good one used instead.
+
+A multispectral encoder's ``meta.json`` holds ``bands``: the band list and the
+per-channel normalisation (:class:`graft.imagery.BandNorm`) it was trained
+with; an RGB encoder's has none (it reads the tile's R, G, B bands with CLIP's
+normalisation).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from graft.errors import GraftError
+from graft.imagery import BandNorm
 from graft.storage import atomic_dir, clean_stale_temps, sha256_file
 
 log = logging.getLogger(__name__)
@@ -153,11 +159,17 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     return torch.load(Path(path) / "trainer.pt", map_location="cpu", weights_only=True)
 
 
+def band_norm_of(meta: dict[str, Any]) -> BandNorm | None:
+    """The band list and normalisation of a multispectral checkpoint's meta; None for an RGB encoder."""
+    return BandNorm.from_json(meta["bands"]) if meta.get("bands") else None
+
+
 def load_encoder(path: str | Path, device: str = "cpu"):
     """Rebuild a trained satellite encoder from a checkpoint (or run) folder.
 
     Returns ``(encoder, clip_bundle, meta)``; the CLIP bundle supplies the text
-    tower and preprocessing. Weights load strictly: a missing or unexpected key
+    tower and preprocessing, :func:`band_norm_of` (meta) the input bands of a
+    multispectral encoder. Weights load strictly: a missing or unexpected key
     is an error, never silently dropped.
     """
     from graft.models.clip_tower import ClipSpec, load_clip
@@ -166,7 +178,8 @@ def load_encoder(path: str | Path, device: str = "cpu"):
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
     bundle = load_clip(ClipSpec(**meta["clip"]), device=device)
-    encoder = build_encoder(meta["kind"], bundle.model.visual)
+    norm = band_norm_of(meta)
+    encoder = build_encoder(meta["kind"], bundle.model.visual, in_chans=norm.channels if norm else 3)
     encoder.load_state_dict(load_model_state(ckpt, device=device), strict=True)
     encoder.to(device).eval()
     return encoder, bundle, meta

@@ -22,8 +22,20 @@ class ModelSection(StrictModel):
 
     kind: Literal["image", "pixel"] = Field(
         "image", description="image: one embedding per tile; pixel: one per patch (each photo pulls its patch)")
+    bands: list[str] | None = Field(
+        None, description="tile bands the encoder reads, R, G, B first (e.g. [B4, B3, B2, B8]); None: the tiles' "
+        "R, G, B. R, G, B start from CLIP's weights, every further band from zero, normalised with the dataset's "
+        "band statistics")
     grad_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30% slower")
     compile: bool = Field(False, description="run the encoder through torch.compile (PyTorch 2.x)")
+
+    @field_validator("bands")
+    @classmethod
+    def _rgb_first_no_repeats(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (len(v) < 3 or len(set(v)) != len(v)):
+            raise ValueError(f"model.bands lists R, G, B first, then any further bands, each once "
+                             f"(e.g. [B4, B3, B2, B8]); got {v}")
+        return v
 
 
 class OptimSection(StrictModel):
@@ -36,6 +48,9 @@ class OptimSection(StrictModel):
     warmup_steps: int = Field(500, ge=0, description="steps of linear warm-up from 0 to lr")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the cosine decays to lr * min_lr_ratio at max_steps")
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this; None = off")
+    extra_bands_lr_scale: float = Field(
+        1.0, gt=0, description="lr multiplier of a multispectral encoder's extra-band patch embedding (it starts at "
+        "zero, so a short schedule may need it to move faster than the pretrained weights)")
 
 
 class LossSection(StrictModel):

@@ -36,7 +36,7 @@ from graft.dataset.layout import photo_shard_for
 from graft.dataset.manifest import MANIFEST_FILE, read_manifest
 from graft.dataset.shards import iter_photo_samples, iter_tile_samples
 from graft.errors import GraftError
-from graft.imagery import decode_geotiff, tile_to_rgb8
+from graft.imagery import decode_geotiff, tile_to_channels
 from graft.training.augment import Augment, apply_to_image, photo_patch_index
 
 
@@ -85,8 +85,8 @@ class StreamSpec:
     batch_size: int
     crop_size: int
     patch_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per input channel (CLIP's for R, G, B; the dataset's band statistics for the rest)
+    std: tuple[float, ...]
     seed: int
     rank: int = 0
     world_size: int = 1
@@ -98,6 +98,7 @@ class StreamSpec:
     live_ground: bool = False
     photo_transform: Any = None  # the frozen tower's preprocess, for live_ground
     train: bool = True  # False: centre crop, no shuffle, no flips (evaluation-style pass)
+    bands: tuple[str, ...] | None = None  # a multispectral encoder's bands (R, G, B first); None: the tiles' RGB
 
 
 class TileStream(IterableDataset):
@@ -188,13 +189,13 @@ class TileStream(IterableDataset):
         s = self.spec
         meta, sample = item["meta"], item["sample"]
         arr, _ = decode_geotiff(sample.tif)
-        rgb = torch.from_numpy(tile_to_rgb8(arr)).permute(2, 0, 1).float().div_(255.0)
-        tile_size = rgb.shape[-1]
+        channels = torch.from_numpy(tile_to_channels(arr, meta.get("bands"), s.bands))
+        tile_size = channels.shape[-1]
         aug = (Augment.sample(rng, tile_size, s.crop_size, s.flips, s.rot90) if s.train
                else Augment.center(tile_size, s.crop_size))
-        img = apply_to_image(rgb, aug)
-        mean = torch.tensor(s.mean).view(3, 1, 1)
-        std = torch.tensor(s.std).view(3, 1, 1)
+        img = apply_to_image(channels, aug)
+        mean = torch.tensor(s.mean).view(-1, 1, 1)
+        std = torch.tensor(s.std).view(-1, 1, 1)
         img = (img - mean) / std
 
         photos = meta["photos"]

@@ -26,7 +26,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from graft.config import dump_config, load_config
+from graft.dataset.band_stats import band_mean_std, read_band_stats
 from graft.errors import GraftError
+from graft.imagery import BandNorm
 from graft.losses import image_level_loss, pixel_level_loss
 from graft.models.checkpoint import (
     find_latest_checkpoint,
@@ -108,6 +110,22 @@ def graft_loss(forward, kind: str, images: torch.Tensor, ground: torch.Tensor, o
     return loss * scale, loss.detach()
 
 
+def encoder_band_norm(cfg: TrainConfig, clip_preprocess: dict[str, Any]) -> BandNorm | None:
+    """What a multispectral encoder reads and how (None for an RGB encoder).
+
+    R, G, B keep CLIP's normalisation (its weights were trained on it); every further band is
+    normalised with its mean and std over the training split, from the dataset's band statistics.
+    """
+    bands = cfg.model.bands
+    if bands is None:
+        return None
+    mean, std = list(clip_preprocess["mean"]), list(clip_preprocess["std"])
+    if len(bands) > 3:
+        extra_mean, extra_std = band_mean_std(read_band_stats(cfg.data.dataset), cfg.data.split, bands[3:])
+        mean, std = mean + extra_mean, std + extra_std
+    return BandNorm(tuple(bands), tuple(mean), tuple(std))
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to ``optim.lr``, then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
     o, total = cfg.optim, cfg.train.max_steps
@@ -118,17 +136,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cos)
 
 
-def _param_groups(model: GraftModel, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+EXTRA_BANDS_PARAM = "visual.conv1.extra."  # a multispectral encoder's zero-initialised patch embedding
+
+
+def _param_groups(model: GraftModel, weight_decay: float, extra_bands_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    decay, no_decay, extra = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        if EXTRA_BANDS_PARAM in name:
+            extra.append(p)
         # Biases, norms, embeddings and the temperature are not decayed (standard for ViT/CLIP).
-        if p.ndim < 2 or "embedding" in name or "log_temperature" in name:
+        elif p.ndim < 2 or "embedding" in name or "log_temperature" in name:
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if extra:
+        groups.append({"params": extra, "weight_decay": weight_decay, "lr_scale": extra_bands_lr_scale})
+    return groups
 
 
 @dataclass
@@ -154,7 +180,10 @@ class Trainer:
             # Before the tower loads (minutes for a large one): a missing or foreign cache fails at once.
             check_embedding_cache(shards, cfg.clip.weights_record())
         self.bundle = load_clip(cfg.clip, device="cpu")
-        encoder = build_encoder(cfg.model.kind, self.bundle.model.visual)
+        pcfg = self.bundle.model.visual.preprocess_cfg
+        self.band_norm = encoder_band_norm(cfg, pcfg)
+        encoder = build_encoder(cfg.model.kind, self.bundle.model.visual,
+                                in_chans=self.band_norm.channels if self.band_norm else 3)
         if cfg.model.grad_checkpointing:
             encoder.set_grad_checkpointing(True)
         self.model = GraftModel(encoder, cfg.loss.temperature, cfg.loss.learn_temperature,
@@ -166,20 +195,21 @@ class Trainer:
         self.ddp = DDP(self.model) if self.info.enabled else self.model
         self.forward = torch.compile(self.ddp) if cfg.model.compile else self.ddp
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+            _param_groups(self.model, cfg.optim.weight_decay, cfg.optim.extra_bands_lr_scale), lr=cfg.optim.lr,
             betas=cfg.optim.betas, eps=cfg.optim.eps,
         )
         self.step = 0
         self.bad_total = 0
         self.bad_run = 0
         self.data_state = {"epoch": 0, "batch_in_epoch": 0}
-        pcfg = self.bundle.model.visual.preprocess_cfg
+        norm = self.band_norm
         if not live_ground:
             check_embedding_cache(shards, spec_record(self.bundle))
         self.stream = StreamSpec(
             shards=shards, split=cfg.data.split, batch_size=cfg.data.batch_size,
             crop_size=encoder.image_size, patch_size=encoder.patch_size,
-            mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]), seed=cfg.train.seed,
+            mean=norm.mean if norm else tuple(pcfg["mean"]), std=norm.std if norm else tuple(pcfg["std"]),
+            bands=norm.bands if norm else None, seed=cfg.train.seed,
             rank=self.info.rank, world_size=self.info.world_size, flips=cfg.data.flips, rot90=cfg.data.rot90,
             shuffle_buffer=cfg.data.shuffle_buffer, max_photos=cfg.data.max_photos_per_tile,
             interleave=cfg.data.shards_per_worker, live_ground=live_ground, photo_transform=self.bundle.preprocess if live_ground else None,
@@ -205,7 +235,8 @@ class Trainer:
             }
             meta = {"kind": self.cfg.model.kind, "clip": self.cfg.clip.model_dump(),
                     "embed_dim": self.bundle.embed_dim, "input_size": self.model.encoder.image_size,
-                    "patch_size": self.model.encoder.patch_size, "validation": self.last_validation}
+                    "patch_size": self.model.encoder.patch_size, "validation": self.last_validation,
+                    "bands": self.band_norm.to_json() if self.band_norm else None}
             path = save_checkpoint(self.run_dir, self.step, self._encoder_state(), trainer_state, meta,
                                    dump_config(self.cfg), keep_last=self.cfg.train.keep_last,
                                    keep_steps=protected_steps(self.run_dir, self.last_validation, self.step))
@@ -256,7 +287,7 @@ class Trainer:
         """One optimiser step over ``grad_accum`` micro-batches; None if the step was skipped."""
         lr = lr_at(self.step, self.cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         finite = True
