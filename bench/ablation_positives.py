@@ -73,7 +73,7 @@ def run(ctx: BenchContext) -> GroupResult:
     from graft.models.clip_tower import load_clip
     from graft.pipeline.build import build_dataset
     from graft.pipeline.embed import embed_dataset
-    from graft.pipeline.indoor import train_binary_filter
+    from graft.training.indoor_filter import train_binary_filter
     from graft.training.trainer import train
 
     if len(CLASSES) != N_CLASSES:
@@ -95,13 +95,13 @@ def run(ctx: BenchContext) -> GroupResult:
                         lr=1e-3, init=None, seed=seed)
     log(f"{GROUP}: build + embed ({tile_size}-px tiles)")
     dataset = work / "dataset"
-    build_dataset(demo_build_config(world, dataset, filt, tile_size, st["block_km"], seed))
+    build_dataset(demo_build_config(work, world, filt, _world_bbox(world), tile_size, st["block_km"], seed))
     embed_dataset(dataset, teacher, batch_size=256, workers=0, device="cpu", force=False)
 
     runs = {}
     for positives in ("crop", "tile"):
         log(f"{GROUP}: image-level training, positives: {positives} ({st['image_steps']} steps)")
-        cfg = demo_train_config("image", work / f"train-{positives}", teacher, dataset, st["image_steps"],
+        cfg = demo_train_config(work / f"train-{positives}", teacher, dataset, "image", st["image_steps"], 3e-4,
                                 st["batch_size"], seed, positives=positives)
         runs[positives] = train(cfg)
         if runs[positives].stopped_by:

@@ -79,6 +79,16 @@ def test_dataset_folder_has_every_documented_output(base):
     assert stats["timings"]["wall_s"] > 0 and not stats["failures"]
 
 
+def test_band_statistics_beside_the_manifest_equal_a_pass_over_every_tile(base):
+    """The build sums each partition's tiles while it holds their pixels; merged, that is a full pass exactly."""
+    from graft.dataset.band_stats import dataset_band_stats, read_band_stats
+
+    stats = read_band_stats(base.cfg.out_dir)
+    assert stats == dataset_band_stats(base.cfg.out_dir)
+    assert set(stats["splits"]) == {r["split"] for r in _manifest(base.cfg.out_dir)}
+    assert all(b["count"] > 0 for s in stats["splits"].values() for b in s["bands"].values())
+
+
 def test_shards_are_webdataset_readable_and_keys_have_no_dots(base):
     out = base.cfg.out_dir
     manifest = _manifest(out)

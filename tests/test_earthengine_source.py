@@ -640,3 +640,38 @@ def test_real_key_file_credentials_are_built_by_ee(real_ee, grid, key_file):
         src.session.ensure_initialized()
     assert "not-a-real-key" not in str(e.value)
     assert os.environ["EE_SERVICE_ACCOUNT_KEY_FILE"] == str(key_file)
+
+
+# --------------------------------------------------------------------------- Sentinel-2: multispectral bands
+
+
+@pytest.mark.parametrize("resampling", ["nearest", "bilinear"])
+def test_s2_20m_and_60m_bands_are_requested_on_the_10m_chip_grid(fake, grid, resampling):
+    bands = ["B4", "B3", "B2", "B8", "B5", "B8A", "B11", "B12", "B1"]
+    add_scene(fake, "2021-06-10", bands={b: 100 * (i + 1) for i, b in enumerate(bands)} | {"SCL": 4})
+    chip = s2_source(fake, bands=bands, resampling=resampling).fetch(grid, dt.date(2021, 6, 10))
+    (req,) = fake.compute_requests
+    t = grid.transform
+    assert {k: v for k, v in req.items() if k != "expression"} == {
+        "fileFormat": "NUMPY_NDARRAY",
+        "bandIds": [*bands, "SCL"],
+        "grid": {"dimensions": {"width": SIZE, "height": SIZE}, "crsCode": "EPSG:32633",
+                 "affineTransform": {"scaleX": 10.0, "shearX": 0.0, "translateX": t.c,
+                                     "shearY": 0.0, "scaleY": -10.0, "translateY": t.f}},
+    }
+    ops = req["expression"].ops
+    if resampling == "nearest":  # Earth Engine's default: no resample call at all
+        assert ops == (("select", (*bands, "SCL")),)
+    else:  # reflectance resampled, the class map (SCL) not
+        assert ops == (("select", tuple(bands)), ("resample", "bilinear"), ("addBands", req["expression"].label),
+                       ("select", (*bands, "SCL")))
+    assert chip.bands == bands and chip.array.dtype == np.uint16 and chip.array.shape == (len(bands), SIZE, SIZE)
+    assert [int(chip.array[i, 0, 0]) for i in range(len(bands))] == [100 * (i + 1) for i in range(len(bands))]
+
+
+def test_s2_band_list_is_checked(fake):
+    with pytest.raises(ValueError, match="not Sentinel-2 MSI bands"):
+        Sentinel2Config(bands=["B4", "B3", "B2", "NIR"])
+    with pytest.raises(ValueError, match="has no band B10"):
+        Sentinel2Config(bands=["B4", "B3", "B2", "B10"])
+    assert Sentinel2Config(collection="COPERNICUS/S2_HARMONIZED", bands=["B4", "B3", "B2", "B10"]).bands[-1] == "B10"

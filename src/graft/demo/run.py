@@ -115,6 +115,46 @@ def _world_bbox(world) -> list[float]:
     return [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
 
 
+def demo_build_config(out: Path, world, filter_weights: Path, bbox: list[float], tile_size: int, block_km: float,
+                      seed: int, geotiff: dict[str, Any] | None = None):
+    """The demo's dataset build: the world's photo folder, the fitted indoor filter, tiles cut from its map.
+
+    ``geotiff`` adds keys to the GeoTIFF source's config (the multispectral demo names four bands).
+    """
+    from graft.pipeline.build import BuildConfig
+
+    return validate(BuildConfig, {
+        "out_dir": str(out / "dataset"),
+        "region": {"bbox": bbox, "block_km": block_km},
+        "ground": {"kind": "folder", "folder": {"root": str(world.photos_dir)}, "max_per_tile": 25,
+                   "require_date": True, "short_side": world.config.photo_px},
+        "filter": {"kind": "resnet18-binary", "weights": str(filter_weights), "decision": "threshold",
+                   "threshold": 0.5, "image_size": 64},
+        "satellite": {"kind": "geotiff", "geotiff": {"paths": [str(world.map_path)], "gsd": world.config.gsd,
+                                                     "size": tile_size, **(geotiff or {})}},
+        "split": {"train": 0.7, "val": 0.1, "test": 0.2, "seed": seed},
+        "seed": seed,
+    }, source="demo build config")
+
+
+def demo_train_config(run_dir: Path, teacher, dataset: Path, kind: str, steps: int, lr: float, batch_size: int,
+                      seed: int, bands: list[str] | None = None, extra_bands_lr_scale: float = 1.0, **data: Any):
+    """The demo's training run of one encoder (``bands``: a multispectral encoder's band list; ``data``
+    overrides keys of its data section, e.g. ``positives``)."""
+    from graft.training.config import TrainConfig
+
+    return validate(TrainConfig, {
+        "run_dir": str(run_dir),
+        "clip": teacher.model_dump(),
+        "model": {"kind": kind, "bands": bands},
+        "optim": {"lr": lr, "warmup_steps": max(steps // 10, 1), "weight_decay": 0.01,
+                  "extra_bands_lr_scale": extra_bands_lr_scale},
+        "data": {"dataset": str(dataset), "batch_size": batch_size, "workers": 1, "shuffle_buffer": 64, **data},
+        "train": {"max_steps": steps, "ckpt_every": steps, "log_every": 25, "precision": "fp32",
+                  "seed": seed, "device": "cpu"},
+    }, source=f"demo {kind}-level training config")
+
+
 def write_heldout_sets(world, out: Path, size: int, allowed: np.ndarray, per_class: int, seg_tiles: int,
                        seed: int, min_purity: float = 0.9) -> tuple[Path, Path]:
     """Held-out tiles from the test blocks: an EuroSAT-layout ImageFolder and an image/mask segmentation set.
@@ -165,40 +205,6 @@ def write_heldout_sets(world, out: Path, size: int, allowed: np.ndarray, per_cla
     return cls_root, seg_root
 
 
-def demo_build_config(world, out_dir: Path, filter_weights: Path, tile_size: int, block_km: float, seed: int):
-    """The demo's `graft build` config for ``world``: folder photos, the ResNet18 filter, tiles cut from its map."""
-    from graft.pipeline.build import BuildConfig
-
-    return validate(BuildConfig, {
-        "out_dir": str(out_dir),
-        "region": {"bbox": _world_bbox(world), "block_km": block_km},
-        "ground": {"kind": "folder", "folder": {"root": str(world.photos_dir)}, "max_per_tile": 25,
-                   "require_date": True, "short_side": world.config.photo_px},
-        "filter": {"kind": "resnet18-binary", "weights": str(filter_weights), "decision": "threshold",
-                   "threshold": 0.5, "image_size": 64},
-        "satellite": {"kind": "geotiff", "geotiff": {"paths": [str(world.map_path)],
-                                                     "gsd": world.config.gsd, "size": tile_size}},
-        "split": {"train": 0.7, "val": 0.1, "test": 0.2, "seed": seed},
-        "seed": seed,
-    }, source="demo build config")
-
-
-def demo_train_config(kind: str, run_dir: Path, teacher, dataset: Path, steps: int, batch_size: int, seed: int,
-                      **data: Any):
-    """The demo's `graft train` config (``data`` overrides keys of its data section, e.g. ``positives``)."""
-    from graft.training.config import TrainConfig
-
-    return validate(TrainConfig, {
-        "run_dir": str(run_dir),
-        "clip": teacher.model_dump(),
-        "model": {"kind": kind},
-        "optim": {"lr": 3e-4, "warmup_steps": max(steps // 10, 1), "weight_decay": 0.01},
-        "data": {"dataset": str(dataset), "batch_size": batch_size, "workers": 1, "shuffle_buffer": 64, **data},
-        "train": {"max_steps": steps, "ckpt_every": steps, "log_every": 25, "precision": "fp32",
-                  "seed": seed, "device": "cpu"},
-    }, source=f"demo {kind}-level training config")
-
-
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run the whole demo; returns the report dict (also written to ``out/report.json``)."""
     import torch
@@ -238,16 +244,17 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
         train_binary_filter(world.filter_train_dir, filt, epochs=plan.filter_epochs, batch_size=32,
                             image_size=64, lr=1e-3, init=None, seed=seed)
         bbox = _world_bbox(world)
-        build = build_dataset(demo_build_config(world, out / "dataset", filt, tile_size, plan.block_km, seed))
+        build_cfg = demo_build_config(out, world, filt, bbox, tile_size, plan.block_km, seed)
+        build = build_dataset(build_cfg)
 
     with stage("embed", "caching teacher embeddings of every kept ground photo"):
         embed_dataset(out / "dataset", teacher, batch_size=256, workers=2, device="cpu", force=False)
 
     runs = {}
     with stage("train", "training the image- and pixel-level satellite encoders (no text involved)"):
-        for kind, steps in (("image", plan.image_steps), ("pixel", plan.pixel_steps)):
-            cfg = demo_train_config(kind, out / f"train-{kind}", teacher, out / "dataset", steps, plan.batch_size,
-                                    seed)
+        for kind, steps, lr in (("image", plan.image_steps, 3e-4), ("pixel", plan.pixel_steps, 3e-4)):
+            cfg = demo_train_config(out / f"train-{kind}", teacher, out / "dataset", kind, steps, lr,
+                                    plan.batch_size, seed)
             runs[kind] = train(cfg, resume="latest")
             if runs[kind].stopped_by:
                 # SIGTERM/SIGUSR1 stopped training after a checkpoint: do not evaluate a half-trained model.
@@ -351,10 +358,3 @@ def render_report(doc: dict, report, out: Path) -> str:
         "## Wall time per stage (s)\n\n| stage | seconds |\n|---|---|\n" + wall + "\n\n"
         "## Plots\n\n" + "\n".join(f"- [{p}]({p})" for p in plots) + "\n"
     )
-
-
-def run_demo_command(args) -> int:
-    run_demo(args.out, quick=args.quick, seed=args.seed)
-    return 0
-
-

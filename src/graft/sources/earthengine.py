@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from graft.config import StrictModel
 from graft.credentials import CredentialError, redact, register_secret, warn_if_world_readable
@@ -64,6 +64,12 @@ SCL_NO_DATA = 0
 # A Sentinel-2 system:index starts with the datatake sensing time, e.g.
 # 20230615T101559_20230615T102043_T32TQM; granules sharing it were imaged in one pass.
 _DATATAKE = re.compile(r"^(\d{8}T\d{6})_")
+# Native resolution (metres) of each Sentinel-2 MSI band. Every band is delivered on the chip's own grid
+# (computePixels reprojects each band onto the request grid), so 20 m and 60 m bands arrive on the 10 m grid.
+S2_BAND_GSD: dict[str, int] = {"B1": 60, "B2": 10, "B3": 10, "B4": 10, "B5": 20, "B6": 20, "B7": 20, "B8": 10,
+                               "B8A": 20, "B9": 60, "B10": 60, "B11": 20, "B12": 20}
+# B10 (cirrus, 1375 nm) says nothing about the surface and is dropped from the L2A (surface reflectance) products.
+_L2A_WITHOUT = ("B10",)
 
 
 class EarthEngineConfig(StrictModel):
@@ -98,7 +104,9 @@ class Sentinel2Config(StrictModel):
         max_cloud: keep scenes with ``CLOUDY_PIXEL_PERCENTAGE < max_cloud`` (percent).
         window_days: search ``[date - window_days, date + window_days]`` around the tile date.
         default_date: tile date to use when the caller has none; today if unset.
-        bands: bands of the output chip, in order.
+        bands: bands of the output chip, in order: any of B1-B12 and B8A (Level-2A has no
+            B10), stored as uint16 reflectance x 1e4, unstretched. Every band is delivered on
+            the chip grid (``gsd``), so the 20 m and 60 m bands arrive resampled onto it.
         chip_cloud_band: ``"SCL"`` counts Scene Classification classes 3, 8, 9, 10 on the
             chip; ``"probability"`` thresholds the s2cloudless ``probability`` band of
             ``cloud_probability_collection`` (joined by ``system:index``).
@@ -108,6 +116,9 @@ class Sentinel2Config(StrictModel):
         min_valid_fraction: reject a chip with a smaller share of pixels holding data.
         max_images_tried: how many datatakes, nearest first, to try before giving up on a
             cloudy or empty chip (1 = the nearest only).
+        resampling: how bands coarser than the chip grid (20 m, 60 m onto 10 m) are resampled;
+            ``nearest`` is Earth Engine's default. Applies to reflectance bands only: the Scene
+            Classification Layer is a class map and is always read nearest.
         size: chip side in pixels (the build passes it to ``tile_grid_around``).
         gsd: metres per pixel.
     """
@@ -123,8 +134,22 @@ class Sentinel2Config(StrictModel):
     max_chip_cloud_fraction: float = Field(0.05, ge=0, le=1)
     min_valid_fraction: float = Field(0.9, ge=0, le=1)
     max_images_tried: int = Field(1, ge=1)
+    resampling: Literal["nearest", "bilinear", "bicubic"] = "nearest"
     size: int = Field(448, gt=0)
     gsd: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _known_bands(self) -> Sentinel2Config:
+        unknown = [b for b in self.bands if b not in S2_BAND_GSD]
+        if unknown:
+            raise ValueError(f"sentinel2.bands {unknown} are not Sentinel-2 MSI bands; expected any of "
+                             f"{list(S2_BAND_GSD)} (e.g. [B4, B3, B2, B8])")
+        if len(set(self.bands)) != len(self.bands):
+            raise ValueError(f"sentinel2.bands lists a band twice: {self.bands}")
+        if "S2_SR" in self.collection and any(b in _L2A_WITHOUT for b in self.bands):
+            raise ValueError(f"{self.collection} (Level-2A) has no band B10; drop it, or use the Level-1C "
+                             f"collection COPERNICUS/S2_HARMONIZED")
+        return self
 
 
 class NaipConfig(StrictModel):
@@ -550,6 +575,10 @@ class Sentinel2Source:
         images = []
         for s in scenes:
             img = ee.Image(f"{cfg.collection}/{s.index}")
+            if cfg.resampling != "nearest":
+                # On the reflectance bands only: resampling would blend Scene Classification classes.
+                refl = img.select(list(cfg.bands)).resample(cfg.resampling)
+                img = refl.addBands(img.select(["SCL"])) if cfg.chip_cloud_band == "SCL" else refl
             if cfg.chip_cloud_band == "probability":
                 img = img.addBands(ee.Image(f"{cfg.cloud_probability_collection}/{s.index}").select("probability"))
             images.append(img)

@@ -122,6 +122,16 @@ class FlickrConfig(StrictModel):
 
     The key and secret are never part of the config: it names the environment
     variables that hold them (or ``<NAME>_FILE`` variables naming files that do).
+
+    Attributes:
+        api_key_env: environment variable holding the API key.
+        api_secret_env: environment variable holding the API secret.
+        licenses: Flickr license ids accepted (default: Creative Commons, CC0, Public Domain Mark).
+        min_taken: earliest capture date searched.
+        max_taken: latest capture date searched.
+        timeout_s: timeout of one HTTP request.
+        retry: retries of transient failures.
+        max_photos_per_point: cap on photos kept per search point (None: no cap).
     """
 
     api_key_env: str = "FLICKR_API_KEY"

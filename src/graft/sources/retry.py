@@ -20,6 +20,14 @@ T = TypeVar("T")
 
 
 class RetryConfig(StrictModel):
+    """Retries of a transient failure, with exponential back-off.
+
+    Attributes:
+        max_attempts: attempts in all, the first included.
+        initial_s: first back-off, doubled after each attempt.
+        max_backoff_s: longest back-off.
+    """
+
     max_attempts: int = 6
     initial_s: float = 1.0
     max_backoff_s: float = 60.0

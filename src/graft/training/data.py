@@ -45,11 +45,12 @@ from graft.dataset.embeddings import EmbeddingCacheError, cache_spec_mismatch, r
 from graft.dataset.layout import photo_shard_for
 from graft.dataset.manifest import MANIFEST_FILE, read_manifest
 from graft.dataset.shards import iter_photo_samples, iter_tile_samples
-from graft.imagery import decode_geotiff, tile_to_rgb8
+from graft.errors import GraftError
+from graft.imagery import decode_geotiff, tile_to_channels
 from graft.training.augment import Augment, apply_to_image, photo_patch_index
 
 
-class DataError(RuntimeError):
+class DataError(GraftError, RuntimeError):
     """The dataset cannot feed training as configured (missing split, no cache, spec mismatch)."""
 
 
@@ -94,8 +95,8 @@ class StreamSpec:
     batch_size: int
     crop_size: int
     patch_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per input channel (CLIP's for R, G, B; the dataset's band statistics for the rest)
+    std: tuple[float, ...]
     seed: int
     rank: int = 0
     world_size: int = 1
@@ -111,6 +112,7 @@ class StreamSpec:
     # "image": ``positives`` applies. "pixel": uniform random crops and every sampled photo of the tile
     # (patch index -1 outside the crop; the pixel loss keeps the inside ones), whatever ``positives`` says.
     level: str = "image"
+    bands: tuple[str, ...] | None = None  # a multispectral encoder's bands (R, G, B first); None: the tiles' RGB
 
 
 class TileStream(IterableDataset):
@@ -202,8 +204,8 @@ class TileStream(IterableDataset):
         s = self.spec
         meta, sample = item["meta"], item["sample"]
         arr, _ = decode_geotiff(sample.tif)
-        rgb = torch.from_numpy(tile_to_rgb8(arr)).permute(2, 0, 1).float().div_(255.0)
-        tile_size = rgb.shape[-1]
+        channels = torch.from_numpy(tile_to_channels(arr, meta.get("bands"), s.bands))
+        tile_size = channels.shape[-1]
         photos = meta["photos"]
         rows = np.array([p["row"] for p in photos], dtype=np.float64)
         cols = np.array([p["col"] for p in photos], dtype=np.float64)
@@ -221,9 +223,9 @@ class TileStream(IterableDataset):
         keep, patch_index = select_photos(rows, cols, aug, s.patch_size, positives, s.max_photos, rng)
         if keep.size == 0:
             return None
-        img = apply_to_image(rgb, aug)
-        mean = torch.tensor(s.mean).view(3, 1, 1)
-        std = torch.tensor(s.std).view(3, 1, 1)
+        img = apply_to_image(channels, aug)
+        mean = torch.tensor(s.mean).view(-1, 1, 1)
+        std = torch.tensor(s.std).view(-1, 1, 1)
         img = (img - mean) / std
         out = {"image": img, "patch_index": torch.from_numpy(patch_index), "tile_id": meta["tile_id"]}
         if s.live_ground:

@@ -90,6 +90,17 @@ class SatelliteConfig(StrictModel):
     (``on_fetch_failure: retry_partition``) so that the next run retries it
     instead of baking the outage into the dataset; ``drop_tile`` treats it like
     any other rejection.
+
+    Attributes:
+        kind: ``sentinel2``, ``naip`` (Earth Engine) or ``geotiff`` (local files).
+        sentinel2: the Sentinel-2 source settings (``kind: sentinel2``).
+        naip: the NAIP source settings (``kind: naip``).
+        geotiff: the local GeoTIFF/COG source settings (``kind: geotiff``).
+        earthengine: credentials and endpoint of the Earth Engine sources.
+        tile_size: tile side in pixels (default: the source's).
+        gsd: ground sample distance in metres (default: the source's).
+        time_bin_months: photos share a tile only if taken in the same bin of months.
+        on_fetch_failure: ``retry_partition`` (fail the partition; a re-run retries it) or ``drop_tile``.
     """
 
     kind: Literal["sentinel2", "naip", "geotiff"]
@@ -138,6 +149,16 @@ class BuildConfig(StrictModel):
     """The whole dataset build; see data_pipeline/*.yaml for annotated examples.
 
     Relative paths are relative to the working directory.
+
+    Attributes:
+        out_dir: the dataset folder (shards, manifest.parquet, stats.json); re-running resumes it.
+        region: the area covered and its geographic blocks (partitions and split units).
+        ground: where the ground photos come from and how they are sampled.
+        filter: the indoor filter (photos scored as indoors are rejected).
+        satellite: which satellite imagery each tile gets.
+        split: fractions of blocks per train/val/test split.
+        fetch_workers: I/O threads per process (searches, downloads, chip fetches).
+        seed: seed of every random choice of the build.
     """
 
     out_dir: str

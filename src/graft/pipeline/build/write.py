@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graft.dataset.band_stats import merged
 from graft.dataset.layout import part_dir, shard_names
 from graft.dataset.manifest import write_part
 from graft.dataset.shards import photo_sample, tile_sample, write_samples
@@ -61,6 +62,7 @@ def write_partition(run: PartitionRun, records: list[PhotoRecord], tiles: list[P
             _reject_tile(run, records, tile, chip, out)
         else:
             _add_tile(run, records, tile, chip, out)
+    band_sums = merged(c.band_sums for c in (chips[t.index] for t in tiles) if not isinstance(c, ChipRejected))
     if not out.shards:
         out.shard_for_next_tile()  # a partition without tiles still writes its (empty) first shards
     run.counts["tiles_written"] += len(out.tile_rows)
@@ -78,6 +80,7 @@ def write_partition(run: PartitionRun, records: list[PhotoRecord], tiles: list[P
         "counts": dict(sorted(run.counts.items())), "rejections": run.ledger.to_json(),
         "tile_rejections": dict(sorted(out.tile_rejections.items())), "timings": run.timings,
         "tile_shards": [sh.tile_shard for sh in out.shards], "photo_shards": [sh.photo_shard for sh in out.shards],
+        "band_sums": band_sums.to_json() if band_sums else None,
     }
     write_part(part_dir(root, run.partition), out.manifest_rows, out.tile_rows, stats)
     return stats
