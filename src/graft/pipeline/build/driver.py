@@ -15,6 +15,7 @@ from graft.pipeline.build import resources
 from graft.pipeline.build.config import BuildConfig, load_build_config
 from graft.pipeline.build.dataset_format import part_dir
 from graft.pipeline.build.distributors import run_local, run_ray
+from graft.pipeline.build.empty_build import EmptyBuildError, empty_build_message
 from graft.pipeline.build.finalize import BuildSummary, finalize
 from graft.pipeline.build.grounds import ground_kind
 from graft.pipeline.build.planning import plan_build
@@ -38,6 +39,10 @@ def build_dataset(cfg: BuildConfig, distributor: str = "local", workers: int | N
 
     Returns:
         The summary; ``summary.stats`` is what ``stats.json`` holds.
+
+    Raises:
+        EmptyBuildError: the build kept no photo or no tile (and no partition failed); the message
+            gives the top rejection reasons and what to do for each, ``.summary`` the summary.
     """
     if distributor not in ("local", "ray"):
         raise ConfigError(f"--distributor must be 'local' or 'ray', got {distributor!r}")
@@ -59,7 +64,12 @@ def build_dataset(cfg: BuildConfig, distributor: str = "local", workers: int | N
     run_info = {"partitions": {"done": built, "skipped": len(done), "failed": len(failures)},
                 "failures": failures, "wall_s": round(time.perf_counter() - t0, 3),
                 "satellite_files": sat_ledger.to_json() if isinstance(sat_ledger, Rejections) else None}
-    return BuildSummary(out_dir=out, stats=finalize(cfg, plan, run_info))
+    summary = BuildSummary(out_dir=out, stats=finalize(cfg, plan, run_info))
+    if not failures and (summary.stats["photos"]["kept"] == 0 or summary.stats["tiles"] == 0):
+        # Failed partitions are retried by a re-run and reported by the summary; an empty build
+        # without failures is the input's fault and says why.
+        raise EmptyBuildError(empty_build_message(cfg, summary.stats, plan.photo_extent), summary)
+    return summary
 
 
 def _preflight(cfg: BuildConfig, distributor: str, satellite: SatelliteSource | None) -> Rejections | None:

@@ -171,7 +171,13 @@ class BuildSummary:
         if self.failed:
             lines.append("  re-run the same command to retry the failed partitions")
         lines.append("")
-        for name in ("manifest.parquet", "stats.json", "map.png", "photos_per_tile.png", "build_config.yaml"):
-            lines.append(f"  {self.out_dir / name}")
-        lines.append(f"  {self.out_dir / 'tiles'}/tiles-*.tar, {self.out_dir / 'photos'}/photos-*.tar")
+        lines.extend(f"  {path}" for path in self.outputs())
         return "\n".join(lines)
+
+    def outputs(self) -> list[Path]:
+        """The build's output files that exist: the dataset-level files, then every shard."""
+        names = ("manifest.parquet", "stats.json", "map.png", "photos_per_tile.png", "filter_scores.png",
+                 "build_config.yaml")
+        files = [self.out_dir / n for n in names if (self.out_dir / n).is_file()]
+        shards = [f"{p}" for sub in ("tiles", "photos") for p in sorted((self.out_dir / sub).glob("*.tar"))]
+        return files + [Path(s) for s in shards]

@@ -124,3 +124,6 @@ class Plan:
     ledger: Rejections
     counts: Counter
     timings: dict[str, float]
+    # (min_lon, min_lat, max_lon, max_lat) of every located photo, inside the region or not, when the
+    # plan sees them all (folder): an empty build compares it with the region's bbox.
+    photo_extent: tuple[float, float, float, float] | None = None
