@@ -51,6 +51,7 @@ from graft.pipeline.build.config import (
 )
 from graft.pipeline.build.dataset_format import MANIFEST_SCHEMA, TILES_SCHEMA, part_dir
 from graft.pipeline.build.driver import build_dataset, run_build_command
+from graft.pipeline.build.empty_build import EmptyBuildError
 from graft.pipeline.build.finalize import BuildSummary, finalize
 from graft.pipeline.build.partition import run_partition
 from graft.pipeline.build.planning import plan_build
@@ -58,7 +59,7 @@ from graft.pipeline.build.records import PartitionTask, Plan
 from graft.pipeline.build.resources import make_satellite_source
 
 __all__ = [
-    "MANIFEST_SCHEMA", "TILES_SCHEMA", "BuildConfig", "BuildSummary", "GroundConfig", "PartitionTask", "Plan",
+    "MANIFEST_SCHEMA", "TILES_SCHEMA", "BuildConfig", "BuildSummary", "EmptyBuildError", "GroundConfig", "PartitionTask", "Plan",
     "SatelliteConfig", "build_dataset", "config_yaml", "finalize", "load_build_config", "make_satellite_source",
     "part_dir", "plan_build", "run_build_command", "run_partition",
 ]
