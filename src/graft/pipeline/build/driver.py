@@ -16,6 +16,7 @@ from graft.pipeline.build.config import BuildConfig, load_build_config
 from graft.pipeline.build.dataset_format import part_dir
 from graft.pipeline.build.distributors import run_local, run_ray
 from graft.pipeline.build.empty_build import EmptyBuildError, empty_build_message
+from graft.pipeline.build.filter_guard import check_filter
 from graft.pipeline.build.finalize import BuildSummary, finalize
 from graft.pipeline.build.grounds import ground_kind
 from graft.pipeline.build.planning import plan_build
@@ -41,6 +42,8 @@ def build_dataset(cfg: BuildConfig, distributor: str = "local", workers: int | N
         The summary; ``summary.stats`` is what ``stats.json`` holds.
 
     Raises:
+        FilterGuardError: the indoor filter rejected more of a sample of the photos than
+            ``filter.max_reject_share`` allows (raised before any tile is fetched).
         EmptyBuildError: the build kept no photo or no tile (and no partition failed); the message
             gives the top rejection reasons and what to do for each, ``.summary`` the summary.
     """
@@ -60,6 +63,8 @@ def build_dataset(cfg: BuildConfig, distributor: str = "local", workers: int | N
     todo = [t for t in plan.tasks if t.partition not in done]
     log.info("%d partitions: %d already built, %d to build (%s)", len(plan.tasks), len(done), len(todo),
              distributor)
+    if todo:
+        check_filter(cfg, plan)  # stops a build whose filter rejects implausibly many photos, before any fetch
     built, failures = _run_partitions(cfg, todo, distributor, workers, satellite)
     run_info = {"partitions": {"done": built, "skipped": len(done), "failed": len(failures)},
                 "failures": failures, "wall_s": round(time.perf_counter() - t0, 3),

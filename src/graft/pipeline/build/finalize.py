@@ -1,4 +1,7 @@
-"""Finalising a build (always re-run, it is cheap): parts -> manifest.parquet, stats.json, plots, config; the summary."""
+"""Finalising a build (always re-run, it is cheap): parts -> manifest.parquet, stats.json, plots, config; the summary.
+
+The plots: ``map.png``, ``photos_per_tile.png`` and, when a filter runs, ``filter_scores.png``.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +21,10 @@ from graft.geometry import TileGrid
 from graft.pipeline.build import resources
 from graft.pipeline.build.config import BuildConfig, config_yaml
 from graft.pipeline.build.dataset_format import MANIFEST_SCHEMA, TILES_SCHEMA
+from graft.pipeline.build.filter_guard import MIN_SAMPLE
 from graft.pipeline.build.grounds import ground_kind
 from graft.pipeline.build.records import Plan
-from graft.pipeline.plots import plot_map, plot_photos_per_tile
+from graft.pipeline.plots import SCORE_BINS, plot_filter_scores, plot_map, plot_photos_per_tile
 from graft.pipeline.split import SPLITS
 from graft.sources.base import Rejections
 from graft.storage import atomic_path, atomic_write_json, atomic_write_text
@@ -88,12 +92,40 @@ def finalize(cfg: BuildConfig, plan: Plan, run_info: dict) -> dict:
                        "stale": parts.stale},
         "failures": run_info["failures"],
         "satellite_file_rejections": run_info.get("satellite_files"),
-        "filter": {"kind": cfg.filter.kind, "threshold": cfg.filter.threshold},
+        "filter": _filter_stats(cfg, out, parts.stats, totals),
         "satellite": {"kind": cfg.satellite.kind, "tile_size": cfg.satellite.tile_size,
                       "gsd": cfg.satellite.gsd, "time_bin_months": cfg.satellite.bin_months},
         "timings": {k: round(v, 3) for k, v in sorted(totals.timings.items())} | {"wall_s": run_info["wall_s"]},
     }
     atomic_write_json(out / "stats.json", stats)
+    return stats
+
+
+def _filter_stats(cfg: BuildConfig, out: Path, part_stats: list[dict], totals: _Totals) -> dict:
+    """The filter, the whole build's score histogram and rejected share (plotted in ``filter_scores.png``),
+    and the guard's verdict on its sample; warns when the whole build rejected more than the guard allows."""
+    fc = cfg.filter
+    hist = np.zeros(SCORE_BINS, dtype=np.int64)
+    for st in part_stats:
+        if st.get("filter_score_hist"):  # parts written before the histogram existed have none
+            hist += np.asarray(st["filter_score_hist"], dtype=np.int64)
+    scored = int(hist.sum())
+    rejected = int(totals.ledger.counts.get("indoor", 0))
+    share = rejected / scored if scored else 0.0
+    stats: dict = {"kind": fc.kind, "threshold": fc.threshold, "scored": scored, "rejected": rejected,
+                   "rejected_share": round(share, 4), "max_reject_share": fc.max_reject_share,
+                   "score_histogram": hist.tolist()}
+    check = out / "filter_check.json"
+    if check.is_file():
+        verdict = json.loads(check.read_text())
+        stats["check"] = {k: verdict[k] for k in ("photos", "rejected", "rejected_share", "stopped")}
+    if fc.kind != "none":
+        plot_filter_scores(out / "filter_scores.png", hist.tolist(), fc.threshold,
+                           f"indoor filter ({fc.kind}): {scored} photos scored, {share:.0%} rejected")
+        if scored >= MIN_SAMPLE and share > fc.max_reject_share:
+            log.warning("the indoor filter rejected %.0f%% of the build's %d photos, above filter.max_reject_share "
+                        "%.0f%% (its sample had passed the check): see %s", 100 * share, scored,
+                        100 * fc.max_reject_share, out / "filter_scores.png")
     return stats
 
 

@@ -66,6 +66,7 @@ class PartitionRun:
     ledger: Rejections = field(default_factory=lambda: Rejections(keep_examples=PART_EXAMPLES))
     counts: Counter[str] = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=dict)
+    filter_score_hist: list[int] = field(default_factory=list)  # the filter stage's score histogram (plots.SCORE_BINS)
 
     @property
     def partition(self) -> int:

@@ -65,6 +65,7 @@ def write_partition(run: PartitionRun, records: list[PhotoRecord], tiles: list[P
         "counts": dict(sorted(run.counts.items())), "rejections": run.ledger.to_json(),
         "tile_rejections": dict(sorted(out.tile_rejections.items())), "timings": run.timings,
         "tile_shard": out.tile_shard, "photo_shard": out.photo_shard,
+        "filter_score_hist": run.filter_score_hist,
     }
     with atomic_dir(part_dir(root, run.partition)) as tmp:
         pq.write_table(pa.Table.from_pylist(out.manifest_rows, schema=MANIFEST_SCHEMA), tmp / "manifest.parquet")
