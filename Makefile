@@ -28,8 +28,9 @@ test: $(VENV)/.installed  ## the CI suite (fast, CPU only)
 test-all: $(VENV)/.installed  ## everything, including tests marked heavy
 	$(PY) -m pytest -q tests
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed  ## ruff, and the import layers (python -m graft.dev.layers)
 	$(VENV)/bin/ruff check src tests
+	$(PY) -m graft.dev.layers
 
 dataset-naip: $(VENV)/.installed  ## live NAIP build (needs Earth Engine + Flickr credentials; see README)
 	$(GRAFT) build data_pipeline/naip.yaml

@@ -142,7 +142,7 @@ def _rows(tput: dict, cpu: dict, rounds: int) -> list[list[Any]]:
 
 def run(ctx: BenchContext) -> GroupResult:
     """Download ``rounds * c`` photos at each concurrency ``c``; the figure is throughput(32) / throughput(1)."""
-    from graft.sources.base import Rejections
+    from graft.rejections import Rejections
     from graft.sources.flickr import FlickrConfig, FlickrSource
     from graft.sources.retry import RetryConfig
 

@@ -13,8 +13,7 @@ trainer's cache check passes. Neither the loader's cost nor the training
 step's depends on the vectors' values, so computing real embeddings would
 only cost time.
 
-Shards are written with :func:`graft.pipeline.shards.write_samples` (the
-build's own writer). A dataset is reused when one with the same parameters
+Shards are written with :mod:`graft.dataset` (the build's own writers). A dataset is reused when one with the same parameters
 already exists in the folder.
 """
 
@@ -30,10 +29,12 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from graft.dataset.embeddings import with_embeddings
+from graft.dataset.layout import MANIFEST_FILE, shard_names
+from graft.dataset.shards import photo_sample, tile_sample, write_samples
 from graft.geometry import tile_grid_around
 from graft.imagery import encode_geotiff
 from graft.models.clip_tower import ClipSpec, load_clip, spec_record
-from graft.pipeline.shards import json_bytes, npy_bytes, shard_names, write_samples
 from graft.storage import atomic_dir
 
 PARAMS_FILE = "bench_dataset.json"
@@ -125,19 +126,16 @@ def write_bench_dataset(root: Path, spec: ClipSpec, params: DatasetParams) -> Pa
                            "photo_shard": photo_rel, "tile_crs": grid.crs, "tile_date": None,
                            "partition": np.int32(s)}
                     rows.append(row)
-                    photos.append({"__key__": pid, "jpg": _jpeg(rng), "json": json_bytes(row)})
+                    photos.append(photo_sample(pid, _jpeg(rng), row))
                 emb = rng.standard_normal((n, dim)).astype(np.float32)
                 emb /= np.linalg.norm(emb, axis=1, keepdims=True)
                 meta = {"tile_id": tile_id, "grid": grid.to_json(), "bands": ["B4", "B3", "B2"], "date": None,
                         "source": "bench", "split": "train", "photos": entries}
-                tiles.append({"__key__": tile_id,
-                              "tif": encode_geotiff(_tile_pixels(rng, params.tile_size, params.dtype), grid),
-                              "json": json_bytes(meta),
-                              "emb.npy": npy_bytes(emb.astype(np.float16)),
-                              "emb.json": json_bytes({"clip": record, "photo_ids": [e["photo_id"] for e in entries]})})
+                tif = encode_geotiff(_tile_pixels(rng, params.tile_size, params.dtype), grid)
+                tiles.append(with_embeddings(tile_sample(tile_id, tif, meta), emb.astype(np.float16), record))
                 bar.update(1)
             write_samples(tmp / tile_rel, tiles)
             write_samples(tmp / photo_rel, photos)
-        pd.DataFrame(rows).to_parquet(tmp / "manifest.parquet")
+        pd.DataFrame(rows).to_parquet(tmp / MANIFEST_FILE)
         (tmp / PARAMS_FILE).write_text(json.dumps(want, default=str, indent=1))
     return root

@@ -20,12 +20,12 @@ from PIL import Image
 
 from graft.cli import main as graft_main
 from graft.config import ConfigError, validate
+from graft.dataset.members import KEY_RE
 from graft.geometry import haversine_m
 from graft.pipeline.build import BuildConfig, build_dataset, load_build_config, plan_build, run_partition
 from graft.pipeline.indoor import IndoorFilter
 from graft.pipeline.photos import prepare_photo
 from graft.pipeline.region import Region, RegionConfig, read_polygon
-from graft.pipeline.shards import KEY_RE
 from graft.pipeline.split import SplitConfig, assign_splits, split_counts
 from graft.sources.base import ChipRejected, GroundPhoto
 from graft.sources.geotiff import GeoTiffSource
@@ -408,7 +408,7 @@ def test_flickr_query_points_search_and_partition_ownership(base, tmp_path, monk
     monkeypatch.setattr(FakeFlickr, "pool", pool)
     monkeypatch.setattr(FakeFlickr, "images", images)
     monkeypatch.setattr(FakeFlickr, "broken", {"flickr-1007"})
-    monkeypatch.setattr("graft.pipeline.build.grounds.flickr.FlickrSource", FakeFlickr)
+    monkeypatch.setattr("graft.pipeline.build.ground_flickr.FlickrSource", FakeFlickr)
 
     data = build_config(base.world, tmp_path / "ds", **{
         "ground": {"kind": "flickr", "n_points": 30, "seed": 3, "require_date": True, "short_side": 64,

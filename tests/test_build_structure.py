@@ -55,7 +55,7 @@ def _compares_ground_kind(source: str) -> bool:
 
 
 def test_nothing_in_the_build_branches_on_the_ground_kind():
-    """A new ground source is a module under grounds/, chosen from the registry: no ``if ground.kind == ...``."""
+    """A new ground source is one ground_*.py module, chosen from the registry: no ``if ground.kind == ...``."""
     assert _compares_ground_kind('if cfg.ground.kind == "flickr":\n    pass\n')
     assert not _compares_ground_kind("kind = GROUND_KINDS[cfg.ground.kind]\n")
     branching = [str(p.relative_to(BUILD_DIR)) for p in _modules() if _compares_ground_kind(p.read_text())]

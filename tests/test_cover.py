@@ -12,9 +12,9 @@ from helpers_build import CLUSTER, shared_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from graft.dataset.shards import iter_tile_samples
 from graft.geometry import tile_grid_around
 from graft.pipeline.cover import greedy_cover, median_date, time_bins
-from graft.pipeline.shards import iter_tile_samples
 
 
 def _cover(lat, lon, dates=None, size=32, gsd=10.0, cap=25, months=None, seed=0):
@@ -103,10 +103,10 @@ def test_each_tile_fetched_once_and_every_photo_in_one_tile(counted_build):
     listed = Counter()
     for shard in sorted({r["tile_shard"] for r in manifest}):
         for tile in iter_tile_samples(f"{cfg.out_dir}/{shard}", decode_tif=False):
-            ids = [p["photo_id"] for p in tile["json"]["photos"]]
+            ids = [p["photo_id"] for p in tile.record["photos"]]
             assert len(ids) <= 25
             listed.update(ids)
-            assert sorted(ids) == sorted(r["photo_id"] for r in manifest if r["tile_id"] == tile["__key__"])
+            assert sorted(ids) == sorted(r["photo_id"] for r in manifest if r["tile_id"] == tile.tile_id)
     assert set(listed.values()) == {1} and set(listed) == set(photo_ids)
 
     cluster_tile = max(per_tile, key=per_tile.get)

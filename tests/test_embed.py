@@ -16,9 +16,10 @@ from helpers_data import tiny_clip_spec
 from PIL import Image
 
 from graft.cli import main as graft_main
-from graft.models.clip_tower import FrozenClipTower, load_clip, spec_mismatch, spec_record
-from graft.pipeline.embed import EmbeddingCacheError, embed_dataset, read_cached_embeddings
-from graft.pipeline.shards import iter_photo_samples, iter_raw_samples, iter_tile_samples
+from graft.dataset.embeddings import EmbeddingCacheError, cache_spec_mismatch, read_cached_embeddings
+from graft.dataset.shards import iter_photo_samples, iter_raw_samples, iter_tile_samples
+from graft.models.clip_tower import FrozenClipTower, load_clip, spec_record
+from graft.pipeline.embed import embed_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,12 +40,12 @@ def specs(tmp_path_factory):
 def _direct_embeddings(bundle, dataset, tile_shard):
     """Embeddings computed straight from the photo shard with the frozen tower, tile by tile."""
     tower = FrozenClipTower(bundle)
-    photos = {s["__key__"]: s["image"] for s in iter_photo_samples(dataset / tile_shard.replace("tiles", "photos"))}
+    photos = {s.photo_id: s.image for s in iter_photo_samples(dataset / tile_shard.replace("tiles", "photos"))}
     out = {}
     for tile in iter_tile_samples(dataset / tile_shard, decode_tif=False):
-        ids = [p["photo_id"] for p in tile["json"]["photos"]]
+        ids = [p["photo_id"] for p in tile.record["photos"]]
         x = torch.stack([bundle.preprocess(Image.open(io.BytesIO(photos[i])).convert("RGB")) for i in ids])
-        out[tile["__key__"]] = tower.encode_images(x).numpy()
+        out[tile.tile_id] = tower.encode_images(x).numpy()
     return out
 
 
@@ -65,12 +66,12 @@ def test_embed_matches_the_frozen_tower_and_keeps_the_tiles(dataset, specs):
     for shard in sorted({r["tile_shard"] for r in manifest}):
         direct = _direct_embeddings(bundle, dataset, shard)
         for tile in iter_tile_samples(dataset / shard, decode_tif=False):
-            assert tile["emb"].dtype == np.float16 and tile["emb"].shape == (len(tile["json"]["photos"]), 64)
+            assert tile.emb.dtype == np.float16 and tile.emb.shape == (len(tile.record["photos"]), 64)
             emb, record = read_cached_embeddings(tile)
             assert emb.dtype == np.float32
-            assert spec_mismatch(record, bundle) is None and record == spec_record(bundle)
-            assert tile["emb_json"]["photo_ids"] == [p["photo_id"] for p in tile["json"]["photos"]]
-            np.testing.assert_allclose(emb, direct[tile["__key__"]], atol=1e-2)
+            assert cache_spec_mismatch(record, spec_record(bundle)) is None and record == spec_record(bundle)
+            assert tile.emb_json["photo_ids"] == [p["photo_id"] for p in tile.record["photos"]]
+            np.testing.assert_allclose(emb, direct[tile.tile_id], atol=1e-2)
             checked += len(emb)
     assert checked == len(manifest)
 
@@ -104,7 +105,7 @@ def test_rerun_skips_and_foreign_spec_is_refused_unless_forced(dataset, specs, t
     shard = sorted({r["tile_shard"] for r in pq.read_table(dataset / "manifest.parquet").to_pylist()})[0]
     direct = _direct_embeddings(load_clip(spec1), dataset, shard)
     for tile in iter_tile_samples(dataset / shard, decode_tif=False):
-        np.testing.assert_allclose(read_cached_embeddings(tile)[0], direct[tile["__key__"]], atol=1e-2)
+        np.testing.assert_allclose(read_cached_embeddings(tile)[0], direct[tile.tile_id], atol=1e-2)
 
     # the CLI reads only the clip: section of a training YAML
     train_yaml = tmp_path / "train.yaml"
@@ -124,3 +125,22 @@ def test_missing_cache_and_misaligned_photo_shard(dataset, specs):
     shutil.copyfile(shards[0], shards[1])  # photo shard 1 now holds shard 0's photos
     with pytest.raises(EmbeddingCacheError, match="not aligned"):
         embed_dataset(dataset, specs[0], device="cpu", progress=False)
+
+
+def test_cached_rows_must_line_up_with_the_tile_photos(dataset, specs):
+    embed_dataset(dataset, specs[0], device="cpu", progress=False)
+    tile = next(iter_tile_samples(sorted((dataset / "tiles").glob("*.tar"))[0], decode_tif=False))
+    tile.emb_json = {**tile.emb_json, "photo_ids": list(reversed(tile.emb_json["photo_ids"])) + ["extra"]}
+    with pytest.raises(EmbeddingCacheError, match="do not match"):
+        read_cached_embeddings(tile)
+
+
+def test_one_spec_comparison_strict_and_portable():
+    record = {"model": "m", "pretrained": "w.bin", "fingerprint": "abc", "preprocess": {"image_size": 64},
+              "embed_dim": 64}
+    assert cache_spec_mismatch(record, dict(record)) is None
+    other_machine = {**record, "fingerprint": "def"}
+    assert "fingerprint" in cache_spec_mismatch({"clip": record, "photo_ids": []}, other_machine)
+    assert cache_spec_mismatch(record, other_machine, portable=True) is None
+    assert "embed_dim" in cache_spec_mismatch(record, {**record, "embed_dim": 32}, portable=True)
+    assert cache_spec_mismatch({}, record, portable=True) is None

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +9,9 @@ import pytest
 import rasterio
 from PIL import Image
 
+from graft.dataset.embeddings import with_embeddings
+from graft.dataset.layout import shard_names
+from graft.dataset.shards import tile_sample, write_samples
 from graft.evaluation import datasets as ds
 from graft.evaluation.zeroshot import make_loader
 from graft.geometry import tile_grid_around
@@ -214,29 +214,20 @@ def make_graft_dataset(root: Path, n_test: int = 8, n_train: int = 2, dim: int =
     """
     rng = np.random.default_rng(seed)
     embs = {}
-    (root / "tiles").mkdir(parents=True)
-    with tarfile.open(root / "tiles" / "tiles-00000.tar", "w") as tf:
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-
-        for i in range(n_test + n_train + 1):
-            key = f"tile_{i:03d}"
-            grid = tile_grid_around(48.1 + 0.01 * i, 11.5, size=16, gsd=10.0)
-            arr = rng.integers(0, 3000, (4, 16, 16), dtype=np.uint16)
-            split = "test" if i < n_test else "train"
-            add(f"{key}.tif", encode_geotiff(arr, grid))
-            add(f"{key}.json", json.dumps({"tile_id": key, "split": split, "photos": []}).encode())
-            if i == n_test + n_train:
-                continue
+    samples = []
+    for i in range(n_test + n_train + 1):
+        key = f"tile_{i:03d}"
+        grid = tile_grid_around(48.1 + 0.01 * i, 11.5, size=16, gsd=10.0)
+        arr = rng.integers(0, 3000, (4, 16, 16), dtype=np.uint16)
+        split = "test" if i < n_test else "train"
+        photos = [{"photo_id": f"{key}-{p}", "row": 8.0, "col": 8.0} for p in "abc"]
+        sample = tile_sample(key, encode_geotiff(arr, grid), {"tile_id": key, "split": split, "photos": photos})
+        if i < n_test + n_train:
             emb = rng.normal(size=(3, dim)).astype(np.float16)
             embs[key] = emb.astype(np.float32)
-            buf = io.BytesIO()
-            np.save(buf, emb)
-            add(f"{key}.emb.npy", buf.getvalue())
-            add(f"{key}.emb.json", json.dumps({"model": "graft-tiny-vit", "pretrained": None, "embed_dim": dim,
-                                               "photo_ids": ["a", "b", "c"]}).encode())
+            sample = with_embeddings(sample, emb, {"model": "graft-tiny-vit", "pretrained": None, "embed_dim": dim})
+        samples.append(sample)
+    write_samples(root / shard_names(0)[0], samples)
     return embs
 
 
@@ -254,3 +245,19 @@ def test_graft_pairs(tmp_path):
     assert len(train) == 2 and train.rejections.counts == {"no_ground_embeddings": 1}
     with pytest.raises(ds.DatasetNotFoundError, match="graft embed"):
         ds.load_benchmark("graft_pairs", root, pairs_split="val")
+
+
+def test_every_set_subsets_its_items_in_step(tmp_path):
+    embs = make_graft_dataset(tmp_path / "dataset")
+    pairs = ds.load_benchmark("graft_pairs", tmp_path / "dataset", pairs_split="test")
+    seg = ds.load_segmentation(make_segmentation(tmp_path / "seg", n=3))
+    for data, keep in ((pairs, [5, 1]), (seg, [2, 0])):
+        assert isinstance(data, ds.EvalSet)
+        sub = data.subset(keep)
+        assert len(sub) == 2 and len(data) > 2 and sub.rejections is data.rejections
+        for i, j in enumerate(keep):
+            np.testing.assert_array_equal(sub.read_rgb(i), data.read_rgb(j))
+    sub = pairs.subset([5, 1])
+    assert sub.tile_ids == [pairs.tile_ids[5], pairs.tile_ids[1]] and set(sub.tile_ids) <= set(embs)
+    np.testing.assert_array_equal(sub.ground_mean, pairs.ground_mean[[5, 1]])
+    assert seg.subset([2, 0]).masks == [seg.masks[2], seg.masks[0]]

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,9 @@ from PIL import Image
 from torch import nn
 
 from graft.config import ConfigError
+from graft.dataset.embeddings import with_embeddings
+from graft.dataset.layout import shard_names
+from graft.dataset.shards import tile_sample, write_samples
 from graft.evaluation import datasets as ds
 from graft.evaluation import probes, retrieval
 from graft.evaluation.models import class_embeddings
@@ -88,21 +89,16 @@ def make_segmentation(root: Path, n: int = 3) -> Path:
 
 def make_pairs(root: Path, n: int = 12, dim: int = 64) -> Path:
     rng = np.random.default_rng(3)
-    (root / "tiles").mkdir(parents=True)
-    with tarfile.open(root / "tiles" / "tiles-00000.tar", "w") as tf:
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-
-        for i in range(n):
-            key = f"t{i:03d}"
-            add(f"{key}.tif", encode_geotiff(rng.integers(0, 255, (3, 32, 32), dtype=np.uint8),
-                                             tile_grid_around(40.0 + 0.01 * i, -3.7, size=32, gsd=1.0)))
-            add(f"{key}.json", json.dumps({"tile_id": key, "split": "test"}).encode())
-            buf = io.BytesIO()
-            np.save(buf, rng.normal(size=(2, dim)).astype(np.float16))
-            add(f"{key}.emb.npy", buf.getvalue())
+    samples = []
+    for i in range(n):
+        key = f"t{i:03d}"
+        tif = encode_geotiff(rng.integers(0, 255, (3, 32, 32), dtype=np.uint8),
+                             tile_grid_around(40.0 + 0.01 * i, -3.7, size=32, gsd=1.0))
+        photos = [{"photo_id": f"{key}-{p}", "row": 16.0, "col": 16.0} for p in "ab"]
+        sample = tile_sample(key, tif, {"tile_id": key, "split": "test", "photos": photos})
+        samples.append(with_embeddings(sample, rng.normal(size=(2, dim)).astype(np.float16),
+                                       {"model": "graft-tiny-vit", "pretrained": None, "embed_dim": dim}))
+    write_samples(root / shard_names(0)[0], samples)
     return root
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from graft.credentials import CredentialError
-from graft.sources.base import Rejections
+from graft.rejections import Rejections
 from graft.sources.flickr import FlickrAuthError, FlickrConfig, FlickrSource
 from graft.sources.retry import RetryConfig
 

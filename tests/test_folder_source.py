@@ -16,8 +16,7 @@ from PIL.TiffImagePlugin import IFDRational
 
 from graft.config import ConfigError, validate
 from graft.demo.exif import AUTO, encode_photo, gps_exif
-from graft.pipeline.photos import PhotoRejected
-from graft.sources.base import Rejections
+from graft.rejections import PhotoRejected, Rejections
 from graft.sources.folder import FolderConfig, FolderSource, photo_id_for
 
 GPS = ExifTags.GPS

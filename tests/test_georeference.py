@@ -15,7 +15,7 @@ import rasterio
 from helpers_build import bilinear, mosaic_expected, shared_dataset
 from pyproj import Geod, Transformer
 
-from graft.pipeline.shards import iter_photo_samples, iter_tile_samples
+from graft.dataset.shards import iter_photo_samples, iter_tile_samples
 
 GEOD = Geod(ellps="WGS84")
 
@@ -32,13 +32,13 @@ def test_row_col_map_back_to_lat_lon_within_one_pixel(dataset):
     checked = 0
     for shard in sorted({r["tile_shard"] for r in manifest.values()}):
         for tile in iter_tile_samples(f"{cfg.out_dir}/{shard}", decode_tif=False):
-            with rasterio.MemoryFile(io.BytesIO(tile["tif"]).getvalue()) as mem, mem.open() as src:
+            with rasterio.MemoryFile(io.BytesIO(tile.tif).getvalue()) as mem, mem.open() as src:
                 transform, crs = src.transform, src.crs.to_string()
                 assert (src.width, src.height) == (32, 32)
                 pixel_m = abs(transform.a)
             assert pixel_m == pytest.approx(10.0)
             to_wgs = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-            for p in tile["json"]["photos"]:
+            for p in tile.record["photos"]:
                 row = manifest[p["photo_id"]]
                 assert (row["row"], row["col"]) == (p["row"], p["col"])
                 assert row["tile_crs"] == crs
@@ -60,9 +60,9 @@ def test_tile_pixels_show_the_ground_under_each_photo(dataset):
     errors = []
     for shard in sorted({r["tile_shard"] for r in manifest.values()}):
         for tile in iter_tile_samples(f"{cfg.out_dir}/{shard}"):
-            assert tile["array"].dtype == np.uint16
-            for p in tile["json"]["photos"]:
-                got = np.array([bilinear(tile["array"][b], p["row"], p["col"]) for b in (0, 1)])
+            assert tile.array.dtype == np.uint16
+            for p in tile.record["photos"]:
+                got = np.array([bilinear(tile.array[b], p["row"], p["col"]) for b in (0, 1)])
                 want = mosaic_expected(manifest[p["photo_id"]]["lat"], manifest[p["photo_id"]]["lon"])
                 errors.append(np.abs(got - want).max())
     assert max(errors) < 5.0, f"tile values under the photos are off by up to {max(errors):.1f} DN (70 DN = 1 px)"
@@ -73,11 +73,11 @@ def test_photo_shard_is_in_tile_order_and_rows_match_manifest(dataset):
     manifest = {r["photo_id"]: r for r in pq.read_table(f"{cfg.out_dir}/manifest.parquet").to_pylist()}
     for shard in sorted({r["tile_shard"] for r in manifest.values()}):
         expected = [p["photo_id"] for t in iter_tile_samples(f"{cfg.out_dir}/{shard}", decode_tif=False)
-                    for p in t["json"]["photos"]]
+                    for p in t.record["photos"]]
         photo_shard = shard.replace("tiles", "photos")
         got = list(iter_photo_samples(f"{cfg.out_dir}/{photo_shard}"))
-        assert [s["__key__"] for s in got] == expected
+        assert [s.photo_id for s in got] == expected
         for s in got:
-            row = manifest[s["__key__"]]
-            assert s["json"]["tile_id"] == row["tile_id"] and s["json"]["split"] == row["split"]
-            assert s["json"]["lat"] == row["lat"] and s["image"][:2] == b"\xff\xd8"
+            row = manifest[s.photo_id]
+            assert s.row["tile_id"] == row["tile_id"] and s.row["split"] == row["split"]
+            assert s.row["lat"] == row["lat"] and s.image[:2] == b"\xff\xd8"

@@ -20,7 +20,8 @@ from affine import Affine
 from pyproj import Transformer
 
 from graft.geometry import tile_grid_around
-from graft.sources.base import ChipRejected, Rejections
+from graft.rejections import Rejections
+from graft.sources.base import ChipRejected
 from graft.sources.geotiff import GeoTiffConfig, GeoTiffSource
 
 LAT0, LON0 = 48.2, 16.37  # Vienna, UTM zone 33N

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from graft.pipeline.photos import PhotoRejected, content_hash, prepare_photo
+from graft.pipeline.photos import content_hash, prepare_photo
+from graft.rejections import PhotoRejected
 
 
 def _noise(h: int, w: int, mode: str = "RGB", seed: int = 0) -> Image.Image:

@@ -10,18 +10,19 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from graft.geometry import tile_grid_around
-from graft.imagery import encode_geotiff
-from graft.pipeline.shards import (
-    UnsafeShardMember,
-    check_key,
+from graft.dataset.layout import photo_shard_for
+from graft.dataset.members import UnsafeShardMember, check_key, split_member_name
+from graft.dataset.shards import (
+    index_tile_shard,
     iter_photo_samples,
     iter_raw_samples,
     iter_tile_samples,
-    photo_shard_for,
-    split_member_name,
+    photo_sample,
+    tile_sample,
     write_samples,
 )
+from graft.geometry import tile_grid_around
+from graft.imagery import encode_geotiff
 
 
 def _tile_sample(key: str, n_photos: int = 2) -> dict:
@@ -30,7 +31,7 @@ def _tile_sample(key: str, n_photos: int = 2) -> dict:
     meta = {"tile_id": key, "grid": grid.to_json(), "bands": ["B4", "B3", "B2"], "date": "2021-05-01",
             "source": "test", "split": "train",
             "photos": [{"photo_id": f"p-{key}-{i}", "row": 1.5 + i, "col": 2.5} for i in range(n_photos)]}
-    return {"__key__": key, "tif": encode_geotiff(arr, grid), "json": meta}
+    return tile_sample(key, encode_geotiff(arr, grid), meta)
 
 
 def test_roundtrip_and_webdataset_reads_it(tmp_path):
@@ -40,11 +41,15 @@ def test_roundtrip_and_webdataset_reads_it(tmp_path):
     assert not list(path.parent.glob(".*.tmp")), "the atomic writer left a temp file behind"
 
     ours = list(iter_tile_samples(path))
-    assert [s["__key__"] for s in ours] == ["t-00003-00000", "t-00003-00001"]
-    assert ours[1]["array"].dtype == np.uint16 and ours[1]["array"].shape == (3, 16, 16)
-    assert np.array_equal(ours[0]["array"], np.arange(3 * 16 * 16).reshape(3, 16, 16))
-    assert ours[0]["grid"] == tile_grid_around(45.0, 9.0, 16, 10.0)
-    assert len(ours[1]["json"]["photos"]) == 3 and ours[0]["emb"] is None
+    assert [s.tile_id for s in ours] == ["t-00003-00000", "t-00003-00001"]
+    assert ours[1].array.dtype == np.uint16 and ours[1].array.shape == (3, 16, 16)
+    assert np.array_equal(ours[0].array, np.arange(3 * 16 * 16).reshape(3, 16, 16))
+    assert ours[0].grid == tile_grid_around(45.0, 9.0, 16, 10.0)
+    assert len(ours[1].record["photos"]) == 3 and ours[0].emb is None
+
+    indexed = list(index_tile_shard(path))
+    assert [t.tile_id for t in indexed] == ["t-00003-00000", "t-00003-00001"] and all(t.complete for t in indexed)
+    assert indexed[1].tif.read() == ours[1].tif and indexed[1].record == ours[1].record
 
     theirs = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
     assert [s["__key__"] for s in theirs] == ["t-00003-00000", "t-00003-00001"]
@@ -61,9 +66,10 @@ def test_shards_are_deterministic(tmp_path):
 
 def test_photo_samples_and_shard_pairing(tmp_path):
     path = tmp_path / "photos" / "photos-00007.tar"
-    write_samples(path, [{"__key__": "flickr-123", "jpg": b"\xff\xd8jpeg", "json": {"photo_id": "flickr-123"}}])
+    write_samples(path, [photo_sample("flickr-123", b"\xff\xd8jpeg", {"photo_id": "flickr-123"})])
     (s,) = list(iter_photo_samples(path))
-    assert s["__key__"] == "flickr-123" and s["image"] == b"\xff\xd8jpeg" and s["ext"] == "jpg"
+    assert s.photo_id == "flickr-123" and s.image == b"\xff\xd8jpeg" and s.ext == "jpg"
+    assert s.row == {"photo_id": "flickr-123"}
     assert photo_shard_for(tmp_path / "tiles" / "tiles-00007.tar") == path
     with pytest.raises(ValueError, match="not a tile shard name"):
         photo_shard_for(tmp_path / "x.tar")
@@ -123,4 +129,6 @@ def test_reader_refuses_unsafe_shards(tmp_path, members):
     before = sorted(p.name for p in tmp_path.rglob("*"))
     with pytest.raises(UnsafeShardMember, match="bad.tar"):
         list(iter_raw_samples(path))
+    with pytest.raises(UnsafeShardMember, match="bad.tar"):
+        list(index_tile_shard(path))
     assert sorted(p.name for p in tmp_path.rglob("*")) == before, "reading must never write files"

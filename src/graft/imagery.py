@@ -1,4 +1,4 @@
-"""Decoding tiles and photos, and the tile -> encoder RGB stretch. Shared by pipeline, training and evaluation."""
+"""Decoding tiles and photos, and the tile -> encoder RGB stretch. Shared by sources, pipeline, training and evaluation."""
 
 from __future__ import annotations
 
@@ -52,4 +52,8 @@ def decode_geotiff(data: bytes) -> tuple[np.ndarray, TileGrid]:
     return arr, grid
 
 
-
+def is_truncation(err: BaseException) -> bool:
+    """Whether a Pillow error means the file ends too early (photo checks and the folder source's EXIF read)."""
+    # Pillow reports a short file as OSError("image file is truncated ...") or
+    # OSError("Truncated File Read"), and some plugins as EOFError.
+    return isinstance(err, EOFError) or "truncated" in str(err).lower()

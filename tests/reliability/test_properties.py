@@ -27,8 +27,8 @@ from PIL.TiffImagePlugin import IFDRational
 from pyproj import Geod
 
 from graft.geometry import lonlat_to_crs, tile_grid_around, utm_epsg
-from graft.pipeline.photos import PhotoRejected, prepare_photo
-from graft.sources.base import Rejections
+from graft.pipeline.photos import prepare_photo
+from graft.rejections import PhotoRejected, Rejections
 from graft.sources.flickr import FlickrConfig, FlickrSource, _Region
 from graft.sources.folder import FolderSource, check_lat_lon
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from graft.config import validate
@@ -88,9 +87,10 @@ class _Stages:
 
 def _test_block_mask(world, dataset: Path, block_km: float, region_bbox: list[float]) -> np.ndarray:
     """(H, W) bool map of the world's pixels whose block went to the test split."""
+    from graft.dataset.manifest import read_manifest
     from graft.pipeline.region import Region
 
-    manifest = pd.read_parquet(dataset / "manifest.parquet", columns=["partition", "split"])
+    manifest = read_manifest(dataset, columns=["partition", "split"]).to_pandas()
     test_blocks = np.array(sorted(set(manifest.loc[manifest["split"] == "test", "partition"])))
     if test_blocks.size == 0:
         raise RuntimeError(f"the demo dataset {dataset} has no test split; increase the world or the test fraction")
@@ -258,7 +258,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     with stage("report", "writing the report"):
         report = rep.Report(rows=[rep.Row(**r) for r in result["rows"]], models=result.get("models", {}))
         doc = {"rows": result["rows"], "wall_s": dict(stage.wall_s), "quick": quick, "seed": seed,
-               "dataset": build.to_json() if hasattr(build, "to_json") else None,
+               "dataset": _build_summary(build.stats),
                "train": {k: v.__dict__ for k, v in runs.items()}}
         doc["wall_s"]["report"] = 0.0
         doc["wall_s"]["total"] = round(sum(v for k, v in doc["wall_s"].items() if k != "total"), 1)
@@ -267,6 +267,13 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     print("\n" + headline_table(doc))
     print(f"\nreport: {out / 'report.md'}  (json: {out / 'report.json'}, plots: {out / 'eval'})")
     return doc
+
+
+def _build_summary(stats: dict) -> dict[str, Any]:
+    """What the demo's dataset build kept and dropped (the full record is the dataset's stats.json)."""
+    return {"stats_json": str(Path(stats["dataset"]) / "stats.json"), "photos": stats["photos"],
+            "tiles": stats["tiles"], "splits": stats["splits"], "rejections": stats["rejections"]["counts"],
+            "tile_rejections": stats["tile_rejections"]}
 
 
 def _value(rows: list[dict], task: str, dataset: str, model: str, metric: str) -> float | None:

@@ -10,7 +10,6 @@ can call :func:`alignment_score` on validation pairs as training proceeds.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 
@@ -35,18 +34,3 @@ def alignment_score(sat: np.ndarray, ground_mean: np.ndarray, k: int = 10) -> fl
     if not (np.isfinite(sat).all() and np.isfinite(ground_mean).all()):
         raise ValueError("alignment_score: embeddings contain NaN or inf")
     return mutual_knn_alignment(sat, ground_mean, k=k)
-
-
-def cache_mismatch(cache_record: dict[str, Any], model_record: dict[str, Any]) -> str | None:
-    """Why ground embeddings cached with ``cache_record`` do not live in the model's CLIP space; None if they do.
-
-    The weights fingerprint is not compared: it hashes file size and mtime, which differ between
-    machines holding the same weights.
-    """
-    if not cache_record:
-        return None
-    diffs = [k for k in ("model", "pretrained", "embed_dim")
-             if k in cache_record and k in model_record and cache_record[k] != model_record[k]]
-    if not diffs:
-        return None
-    return "; ".join(f"{k}: cache {cache_record[k]!r} vs model {model_record[k]!r}" for k in diffs)

@@ -25,8 +25,9 @@ import torch
 from pydantic import Field, model_validator
 
 from graft.config import ConfigError, StrictModel, load_config, validate
+from graft.dataset.embeddings import cache_spec_mismatch
 from graft.evaluation import report as rep
-from graft.evaluation.alignment import alignment_score, cache_mismatch
+from graft.evaluation.alignment import alignment_score
 from graft.evaluation.datasets import (
     ALL_KINDS,
     MULTILABEL_KINDS,
@@ -243,16 +244,7 @@ def _load_set(b: BenchmarkEntry, seed: int):
     if not b.max_images or b.max_images >= len(data):
         return data
     keep = np.sort(np.random.default_rng(seed).choice(len(data), b.max_images, replace=False))
-    if isinstance(data, ClassificationSet):
-        return data.subset(keep)
-    if isinstance(data, SegmentationSet):
-        data.images = [data.images[i] for i in keep]
-        data.masks = [data.masks[i] for i in keep]
-    else:
-        data.tile_ids = [data.tile_ids[i] for i in keep]
-        data.locations = [data.locations[i] for i in keep]
-        data.ground_mean = data.ground_mean[keep]
-    return data
+    return data.subset(keep)
 
 
 def _template_sets(b: BenchmarkEntry, data: Any, cfg: EvalConfig) -> dict[str, list[str]]:
@@ -461,7 +453,7 @@ class _Run:
     def alignment(self, b: BenchmarkEntry, data: PairSet, models: list[LoadedModel]) -> None:
         seen: set[int] = set()
         for model in models:
-            why = cache_mismatch(data.cache_record, model.clip_record)
+            why = cache_spec_mismatch(data.cache_record, model.clip_record, portable=True)
             if why:
                 self.report.notes.append(f"alignment {model.name} on {b.name}: ground embeddings were made with "
                                          f"another CLIP ({why}); mutual kNN still compares neighbourhoods")

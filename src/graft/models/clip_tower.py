@@ -11,7 +11,6 @@ the same way open_clip ships its own.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,7 +129,10 @@ class FrozenClipTower(torch.nn.Module):
 
 
 def spec_record(bundle: ClipBundle) -> dict:
-    """What a ground-embedding cache stores about the tower that made it."""
+    """What a ground-embedding cache stores about the tower that made it.
+
+    Two records are compared by :func:`graft.dataset.embeddings.cache_spec_mismatch`.
+    """
     return {
         "model": bundle.spec.model,
         "pretrained": bundle.spec.pretrained,
@@ -138,16 +140,3 @@ def spec_record(bundle: ClipBundle) -> dict:
         "preprocess": bundle.preprocess_info(),
         "embed_dim": bundle.embed_dim,
     }
-
-
-def spec_mismatch(cached: dict, bundle: ClipBundle) -> str | None:
-    """Why a cache made with ``cached`` cannot be used with ``bundle``; None if it can."""
-    return records_mismatch(cached, spec_record(bundle))
-
-
-def records_mismatch(cached: dict, want: dict) -> str | None:
-    """Why two :func:`spec_record` records differ; None if they agree."""
-    diffs = [k for k in ("model", "pretrained", "fingerprint", "preprocess", "embed_dim") if cached.get(k) != want[k]]
-    if not diffs:
-        return None
-    return "; ".join(f"{k}: cache has {json.dumps(cached.get(k))}, config has {json.dumps(want[k])}" for k in diffs)

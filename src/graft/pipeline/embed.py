@@ -3,7 +3,8 @@
 CLIP is frozen during GRAFT training, so each ground photo's embedding is
 computed once, here, and stored with its tile (``emb.npy``: fp16 ``(N, D)``,
 row *i* = the tile json's ``photos[i]``; ``emb.json``: the CLIP spec record
-and the photo ids). Training then never decodes a ground JPEG.
+and the photo ids). Training then never decodes a ground JPEG. The cache's
+format, its reader and the spec comparison live in :mod:`graft.dataset.embeddings`.
 
 A tile shard is rewritten atomically, so it holds either no cache or a
 complete one. Re-running skips shards whose cache was made with the same CLIP
@@ -16,10 +17,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
 import os
-import tarfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,117 +26,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 from pydantic import Field
 from tqdm import tqdm
 
 from graft.config import ConfigError, StrictModel, load_yaml, validate
+from graft.dataset.embeddings import (
+    EmbeddingCacheError,
+    cache_spec_mismatch,
+    shard_cache_state,
+    with_embeddings,
+)
+from graft.dataset.layout import TILE_SHARDS_GLOB, tile_shards
+from graft.dataset.manifest import manifest_path, read_manifest
+from graft.dataset.shards import ShardsMisaligned, iter_tiles_with_photos, write_samples
 from graft.models.clip_tower import (
     ClipBundle,
     ClipSpec,
     FrozenClipTower,
     load_clip,
-    spec_mismatch,
     spec_record,
-)
-from graft.pipeline.shards import (
-    iter_photo_samples,
-    iter_raw_samples,
-    json_bytes,
-    npy_bytes,
-    npy_load,
-    photo_shard_for,
-    split_member_name,
-    write_samples,
 )
 
 log = logging.getLogger(__name__)
-
-EMB_EXTS = ("emb.npy", "emb.json")
-
-
-class EmbeddingCacheError(RuntimeError):
-    """A tile shard's embedding cache is missing, inconsistent, or made with another CLIP spec."""
-
-
-# ---------------------------------------------------------------- reading (used by the trainer)
-
-
-def read_cached_embeddings(tile_sample: dict[str, Any]) -> tuple[np.ndarray, dict]:
-    """The cached ground embeddings of one tile sample, as float32 ``(N, D)``, and the CLIP spec record.
-
-    Accepts a sample from :func:`graft.pipeline.shards.iter_tile_samples` (``emb``,
-    ``emb_json``, ``json`` decoded) or a raw WebDataset sample (``emb.npy``,
-    ``emb.json``, ``json`` as bytes). Row *i* belongs to ``json["photos"][i]``.
-    The returned record is :func:`graft.models.clip_tower.spec_record` of the
-    tower that made the cache; check it against the tower in use with
-    :func:`graft.models.clip_tower.spec_mismatch`.
-
-    Raises:
-        EmbeddingCacheError: the sample has no cache (run ``graft embed``) or
-            the cache does not match the tile's photo list.
-    """
-    key = tile_sample.get("__key__", "?")
-    emb = tile_sample.get("emb")
-    if emb is None and tile_sample.get("emb.npy") is not None:
-        raw = tile_sample["emb.npy"]
-        emb = raw if isinstance(raw, np.ndarray) else npy_load(raw)
-    meta = tile_sample.get("emb_json")
-    if meta is None and tile_sample.get("emb.json") is not None:
-        raw = tile_sample["emb.json"]
-        meta = raw if isinstance(raw, dict) else json.loads(raw)
-    if emb is None or meta is None:
-        raise EmbeddingCacheError(
-            f"tile {key} has no cached ground embeddings; run 'graft embed DATASET' first "
-            "(or train with --live-ground)"
-        )
-    tile_json = tile_sample.get("json")
-    if isinstance(tile_json, (bytes, bytearray, str)):
-        tile_json = json.loads(tile_json)
-    if tile_json is not None:
-        ids = [p["photo_id"] for p in tile_json.get("photos", [])]
-        if emb.ndim != 2 or emb.shape[0] != len(ids) or meta.get("photo_ids") != ids:
-            raise EmbeddingCacheError(
-                f"tile {key}: cached embeddings {tuple(emb.shape)} / ids do not match its {len(ids)} photos; "
-                "re-run 'graft embed DATASET --force'"
-            )
-    return np.asarray(emb, dtype=np.float32), _spec_part(meta)
-
-
-# ---------------------------------------------------------------- cache state of a shard
-
-
-def shard_cache_state(shard: str | os.PathLike) -> tuple[str, dict | None]:
-    """("empty" | "none" | "complete" | "partial", the CLIP spec record of the cache) of a tile shard.
-
-    Reads only member headers and the small ``emb.json`` members.
-    """
-    keys: set[str] = set()
-    with_cache: set[str] = set()
-    records: list[dict] = []
-    with tarfile.open(shard, mode="r:") as tar:
-        for member in tar:
-            key, ext = split_member_name(member.name)
-            keys.add(key)
-            if ext == "emb.json" and member.isreg():
-                with_cache.add(key)
-                f = tar.extractfile(member)
-                rec = json.loads(f.read()) if f is not None else {}
-                if not records or _spec_part(rec) != _spec_part(records[0]):
-                    records.append(rec)
-    if not keys:
-        return "empty", None
-    if not with_cache:
-        return "none", None
-    if with_cache != keys or len(records) > 1:
-        return "partial", _spec_part(records[0])
-    return "complete", _spec_part(records[0])
-
-
-def _spec_part(rec: dict) -> dict:
-    """The CLIP spec record of an ``emb.json`` (``{"clip": record, "photo_ids": [...]}``)."""
-    return rec.get("clip", rec) if isinstance(rec, dict) else {}
 
 
 # ---------------------------------------------------------------- computing
@@ -180,50 +93,32 @@ class _Embedder:
         self.pool.shutdown(wait=True)
 
 
-def _aligned_chunks(tile_shard: Path, photo_shard: Path, batch_size: int) -> Iterator[list[tuple[dict, list[bytes]]]]:
+def _aligned_chunks(tile_shard: Path, batch_size: int) -> Iterator[list[tuple[dict, list[bytes]]]]:
     """Yield groups of (raw tile sample, its photos' image bytes), about ``batch_size`` photos per group.
 
-    The photo shard holds the partition's photos in tile order, so both shards
-    are streamed side by side and memory stays bounded by one group.
+    Memory stays bounded by one group: the tile and photo shards are streamed side by side.
     """
-    photos = iter_photo_samples(photo_shard)
     group: list[tuple[dict, list[bytes]]] = []
     n = 0
-    for tile in iter_raw_samples(tile_shard):
-        record = json.loads(tile["json"])
-        images = []
-        for entry in record.get("photos", []):
-            sample = next(photos, None)
-            if sample is None or sample["__key__"] != entry["photo_id"]:
-                got = "the end of the shard" if sample is None else repr(sample["__key__"])
-                raise EmbeddingCacheError(
-                    f"{photo_shard} is not aligned with {tile_shard}: tile {tile['__key__']} expects photo "
-                    f"{entry['photo_id']!r} next but found {got}; rebuild this partition (delete its "
-                    "parts/part-PPPPP folder and re-run graft build)"
-                )
-            images.append(sample["image"])
-        group.append((tile, images))
-        n += len(images)
-        if n >= batch_size:
-            yield group
-            group, n = [], 0
+    try:
+        for tile, _, images in iter_tiles_with_photos(tile_shard):
+            group.append((tile, images))
+            n += len(images)
+            if n >= batch_size:
+                yield group
+                group, n = [], 0
+    except ShardsMisaligned as e:
+        raise EmbeddingCacheError(str(e)) from None
     if group:
         yield group
-    leftover = next(photos, None)
-    if leftover is not None:
-        raise EmbeddingCacheError(f"{photo_shard} holds photo {leftover['__key__']!r} that no tile of "
-                                  f"{tile_shard} lists; rebuild this partition")
 
 
 def _embed_shard(tile_shard: Path, emb: _Embedder, record: dict, bar: tqdm) -> tuple[int, int]:
     """Rewrite one tile shard with its embeddings; returns (tiles, photos)."""
-    photo_shard = photo_shard_for(tile_shard)
-    if not photo_shard.is_file():
-        raise EmbeddingCacheError(f"{tile_shard} has no photo shard {photo_shard}; rebuild this partition")
     counts = [0, 0]
 
     def samples() -> Iterator[dict]:
-        chunks = _aligned_chunks(tile_shard, photo_shard, emb.batch_size)
+        chunks = _aligned_chunks(tile_shard, emb.batch_size)
         pending = next(chunks, None)
         futures = emb.decode_async([b for _, imgs in pending for b in imgs]) if pending else []
         while pending is not None:
@@ -235,13 +130,9 @@ def _embed_shard(tile_shard: Path, emb: _Embedder, record: dict, bar: tqdm) -> t
             for tile, imgs in pending:
                 rows = vectors[start:start + len(imgs)]
                 start += len(imgs)
-                ids = [p["photo_id"] for p in json.loads(tile["json"]).get("photos", [])]
-                out = {k: v for k, v in tile.items() if k not in EMB_EXTS}
-                out["emb.npy"] = npy_bytes(np.ascontiguousarray(rows.reshape(len(imgs), -1)))
-                out["emb.json"] = json_bytes({"clip": record, "photo_ids": ids})
                 counts[0] += 1
                 counts[1] += len(imgs)
-                yield out
+                yield with_embeddings(tile, rows, record)
             bar.update(start)
             pending, futures = following, next_futures
 
@@ -250,13 +141,9 @@ def _embed_shard(tile_shard: Path, emb: _Embedder, record: dict, bar: tqdm) -> t
 
 
 def _photos_per_shard(dataset: Path) -> dict[str, int]:
-    manifest = dataset / "manifest.parquet"
-    if not manifest.is_file():
+    if not manifest_path(dataset).is_file():
         return {}
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    col = pq.read_table(manifest, columns=["tile_shard"]).column("tile_shard")
+    col = read_manifest(dataset, columns=["tile_shard"]).column("tile_shard")
     counts = pc.value_counts(col).to_pylist()
     return {c["values"]: int(c["counts"]) for c in counts}
 
@@ -291,7 +178,7 @@ def embed_dataset(
             or its photo shard is misaligned.
     """
     dataset = Path(dataset_dir)
-    shards = sorted((dataset / "tiles").glob("tiles-*.tar"))
+    shards = tile_shards(dataset)
     if not shards:
         raise FileNotFoundError(f"{dataset}: no tile shards under tiles/; run 'graft build CONFIG' first")
     if batch_size < 1:
@@ -307,7 +194,7 @@ def embed_dataset(
     conflicts: list[str] = []
     for shard in shards:
         state, cached = shard_cache_state(shard)
-        why = spec_mismatch(cached, bundle) if cached is not None else None
+        why = cache_spec_mismatch(cached, record) if cached is not None else None
         if state == "empty" or (state == "complete" and why is None):
             skipped += 1
             continue
@@ -390,5 +277,5 @@ def run_embed_command(args: argparse.Namespace) -> int:
     print(f"  photos embedded  {summary['photos_embedded']} in {summary['tiles_embedded']} tiles")
     print(f"  shards           {summary['shards_embedded']} embedded, {summary['shards_skipped']} already cached")
     print(f"  throughput       {summary['photos_per_s']} photos/s ({summary['seconds']} s total)")
-    print(f"  output           emb.npy + emb.json in {Path(summary['dataset']) / 'tiles'}/*.tar")
+    print(f"  output           emb.npy + emb.json in {Path(summary['dataset']) / TILE_SHARDS_GLOB}")
     return 0

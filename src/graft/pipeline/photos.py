@@ -4,7 +4,7 @@ Every photo a ground source delivers goes through :func:`prepare_photo` once.
 It either returns a small, upright, 8-bit RGB JPEG that every later stage
 (indoor filter, CLIP embedding, shards) can decode without surprises, or
 raises :class:`PhotoRejected` with a short stable reason that the build counts
-in its :class:`~graft.sources.base.Rejections` ledger.
+in its :class:`~graft.rejections.Rejections` ledger.
 
 Reasons (stable keys, they appear in ``stats.json``):
 
@@ -38,26 +38,15 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from graft.imagery import is_truncation
+from graft.rejections import PhotoRejected
+
 JPEG_QUALITY = 90
 
 # Modes that hold an alpha channel (Pillow's names, incl. premultiplied ones).
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _HIGH_BIT_MODES = frozenset({"I", "F"})
 _ACCEPTED_MODES = frozenset({"RGB", "L", "P"})
-
-
-class PhotoRejected(Exception):
-    """A ground photo cannot be used; ``reason`` is a short stable key for the rejection ledger.
-
-    Args:
-        reason: stable key such as ``corrupt_image`` or ``no_gps``.
-        detail: free text for the ledger's examples (what exactly was wrong).
-    """
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -87,13 +76,6 @@ def content_hash(data: bytes) -> str:
     sampler limits the damage of such near-duplicates.
     """
     return hashlib.sha256(data).hexdigest()
-
-
-def is_truncation(err: BaseException) -> bool:
-    """Whether a Pillow error means the file ends too early (shared with the folder source's EXIF read)."""
-    # Pillow reports a short file as OSError("image file is truncated ...") or
-    # OSError("Truncated File Read"), and some plugins as EOFError.
-    return isinstance(err, EOFError) or "truncated" in str(err).lower()
 
 
 def _target_size(width: int, height: int, short_side: int) -> tuple[int, int]:

@@ -17,7 +17,7 @@ What this module has to get right, and why:
   timeouts, connection resets, malformed JSON and Flickr's own "temporarily
   unavailable" errors are retried with capped, jittered exponential backoff.
   When retries run out the query (or download) goes into the
-  :class:`~graft.sources.base.Rejections` ledger as ``query_failed:<kind>`` or
+  :class:`~graft.rejections.Rejections` ledger as ``query_failed:<kind>`` or
   ``download_failed:<kind>`` and the run goes on.
 - **Secrets.** The key and secret are read from the environment (or a file)
   and registered for redaction; every message this module logs, raises or
@@ -61,7 +61,8 @@ from tqdm import tqdm
 from graft.config import StrictModel
 from graft.credentials import CredentialError, RedactingFilter, read_secret, redact
 from graft.geometry import haversine_m
-from graft.sources.base import GroundPhoto, Rejections
+from graft.rejections import Rejected, Rejections
+from graft.sources.base import GroundPhoto
 from graft.sources.retry import RetryConfig, TokenBucket, TransientError, call_with_retry
 
 log = logging.getLogger(__name__)
@@ -156,12 +157,8 @@ class FlickrAuthError(CredentialError):
     """Flickr rejected the API key or the request signature; no query can succeed."""
 
 
-class _PermanentError(Exception):
+class _PermanentError(Rejected):
     """A failure that retrying will not fix; ``reason`` is the ledger key suffix."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ applied (``"offset"``, ``"assumed_utc"``, ``"sidecar"``). A missing or
 unparseable date is not a rejection here: ``taken_at`` is ``None`` and the
 build decides (only temporal alignment needs it).
 
-Rejection reasons (stable keys in the :class:`~graft.sources.base.Rejections`
+Rejection reasons (stable keys in the :class:`~graft.rejections.Rejections`
 ledger): ``no_gps``, ``gps_missing_ref``, ``gps_bad_ref`` (a ref that is
 not N/S or E/W), ``gps_nan``, ``gps_out_of_range``, ``gps_zero`` (exactly
 0, 0: what receivers without a fix write), ``exif_unreadable``,
@@ -45,8 +45,9 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from graft.config import StrictModel
-from graft.pipeline.photos import PhotoRejected, is_truncation
-from graft.sources.base import GroundPhoto, Rejections
+from graft.imagery import is_truncation
+from graft.rejections import PhotoRejected, Rejections
+from graft.sources.base import GroundPhoto
 
 log = logging.getLogger(__name__)
 

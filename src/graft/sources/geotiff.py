@@ -9,7 +9,7 @@ exactly the lattice :mod:`graft.geometry` computed for the tile, whatever the
 input projection.
 
 Files that cannot be used (no CRS, unreadable, wrong dtype, too few bands) go
-into a :class:`~graft.sources.base.Rejections` ledger at indexing time and are
+into a :class:`~graft.rejections.Rejections` ledger at indexing time and are
 never read again; they do not stop the build.
 """
 
@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from graft.config import StrictModel
 from graft.geometry import TileGrid, crs_to_lonlat
-from graft.sources.base import ChipRejected, Rejections, SatelliteChip
+from graft.rejections import Rejections
+from graft.sources.base import ChipRejected, SatelliteChip
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from typing import TypeVar
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from graft.config import StrictModel
+from graft.rejections import Rejected
 
 T = TypeVar("T")
 
@@ -24,12 +25,8 @@ class RetryConfig(StrictModel):
     max_backoff_s: float = 60.0
 
 
-class TransientError(Exception):
+class TransientError(Rejected):
     """A failure worth retrying (429, 5xx, timeout, reset, malformed or truncated reply)."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 def call_with_retry(

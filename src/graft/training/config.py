@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from graft.config import StrictModel
+from graft.dataset.layout import MANIFEST_FILE
+from graft.dataset.manifest import manifest_path
 from graft.models.clip_tower import ClipSpec
 
 
@@ -49,8 +50,8 @@ class DataSection(StrictModel):
     @field_validator("dataset")
     @classmethod
     def _exists(cls, v: str) -> str:
-        if not (Path(v) / "manifest.parquet").is_file():
-            raise ValueError(f"{v} has no manifest.parquet; run `graft build` first")
+        if not manifest_path(v).is_file():
+            raise ValueError(f"{v} has no {MANIFEST_FILE}; run `graft build` first")
         return v
 
 

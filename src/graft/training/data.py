@@ -8,16 +8,16 @@ have). Each worker shuffles through a buffer, decodes the tile GeoTIFF,
 applies a random crop/flip/rot90 that carries every photo's position along,
 and assembles whole batches, so the main process only moves tensors.
 
-Ground photos arrive as cached embeddings (``emb.npy`` written by
-``graft embed``), or, with ``live_ground``, as preprocessed photo tensors read
-in lockstep from the partition's photo shard (for the frozen tower to embed).
+Ground photos arrive as cached embeddings (written by ``graft embed``, read
+with their row/photo-id check), or, with ``live_ground``, as preprocessed photo
+tensors read in lockstep from the partition's photo shard (for the frozen tower
+to embed). Shards are read through :mod:`graft.dataset`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from graft.dataset.embeddings import EmbeddingCacheError, cache_spec_mismatch, read_cached_embeddings
+from graft.dataset.layout import photo_shard_for
+from graft.dataset.manifest import MANIFEST_FILE, read_manifest
+from graft.dataset.shards import iter_photo_samples, iter_tile_samples
 from graft.imagery import decode_geotiff, tile_to_rgb8
 from graft.training.augment import Augment, apply_to_image, photo_patch_index
 
@@ -42,17 +44,12 @@ class DataError(RuntimeError):
 def split_shards(dataset: str | Path, split: str) -> list[str]:
     """Tile shards holding ``split``, from the manifest, sorted."""
     dataset = Path(dataset)
-    table = pq.read_table(dataset / "manifest.parquet", columns=["split", "tile_shard"]).to_pandas()
+    table = read_manifest(dataset, columns=["split", "tile_shard"]).to_pandas()
     shards = sorted(set(table.loc[table["split"] == split, "tile_shard"]))
     if not shards:
         have = sorted(set(table["split"]))
-        raise DataError(f"{dataset}/manifest.parquet has no tiles in split {split!r} (splits present: {have})")
+        raise DataError(f"{dataset}/{MANIFEST_FILE} has no tiles in split {split!r} (splits present: {have})")
     return [str(dataset / s) for s in shards]
-
-
-def _read(urls: list[str]) -> Iterator[dict[str, Any]]:
-    # Node/worker splitting is done by TileStream itself (epoch-deterministic), so none here.
-    yield from wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
 
 
 def check_embedding_cache(shards: list[str], want: dict) -> None:
@@ -61,26 +58,19 @@ def check_embedding_cache(shards: list[str], want: dict) -> None:
     ``want`` is :func:`graft.models.clip_tower.spec_record` of the training config's tower.
     The first sample of every shard is checked (``graft embed`` writes a shard with one spec).
     """
-    from graft.models.clip_tower import records_mismatch
-
     for shard in shards:
-        first = next(iter(_read([shard])), None)
+        first = next(iter_tile_samples(shard, decode_tif=False), None)
         if first is None:
             continue
-        if "emb.json" not in first:
-            raise DataError(f"{shard} has no cached ground embeddings; run `graft embed` on the dataset "
-                            f"(or train with --live-ground)")
-        cached = json.loads(first["emb.json"])
-        why = records_mismatch(cached.get("clip", cached), want)
+        try:
+            _, cached = read_cached_embeddings(first)
+        except EmbeddingCacheError as e:
+            raise DataError(f"{shard}: {e}") from None
+        why = cache_spec_mismatch(cached, want)
         if why:
             raise DataError(f"the ground-embedding cache in {shard} was made with another CLIP tower: {why}. "
                             f"Re-run `graft embed --force` with this config's clip section, or set clip: to the "
                             f"tower that made the cache.")
-
-
-def _photo_shard_for(tile_shard: str) -> str:
-    p = Path(tile_shard)
-    return str(p.parent.parent / "photos" / p.name.replace("tiles-", "photos-", 1))
 
 
 @dataclass
@@ -130,9 +120,9 @@ class TileStream(IterableDataset):
         shards, stride, offset = self._my_shards()
         n = 0
         for shard in shards:
-            photo_iter = iter(_read([_photo_shard_for(shard)])) if self.spec.live_ground else None
-            for sample in _read([shard]):
-                meta = json.loads(sample["json"])
+            photo_iter = iter_photo_samples(photo_shard_for(shard)) if self.spec.live_ground else None
+            for sample in iter_tile_samples(shard, decode_tif=False):
+                meta = sample.record
                 photos = None
                 if photo_iter is not None:
                     photos = [next(photo_iter) for _ in meta["photos"]]
@@ -158,7 +148,7 @@ class TileStream(IterableDataset):
     def _decode(self, item: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         s = self.spec
         meta, sample = item["meta"], item["sample"]
-        arr, _ = decode_geotiff(sample["tif"])
+        arr, _ = decode_geotiff(sample.tif)
         rgb = torch.from_numpy(tile_to_rgb8(arr)).permute(2, 0, 1).float().div_(255.0)
         tile_size = rgb.shape[-1]
         aug = (Augment.sample(rng, tile_size, s.crop_size, s.flips, s.rot90) if s.train
@@ -179,16 +169,15 @@ class TileStream(IterableDataset):
         if s.live_ground:
             ims = []
             for i in keep:
-                ph = item["photos"][i]
-                data = ph.get("jpg") or ph.get("png")
+                data = item["photos"][i].image
                 ims.append(s.photo_transform(Image.open(io.BytesIO(data)).convert("RGB")))
             out["photos"] = torch.stack(ims)
         else:
-            if "emb.npy" not in sample:
-                raise DataError(f"tile {meta['tile_id']} has no cached ground embeddings; run `graft embed` "
-                                f"on the dataset first (or train with --live-ground)")
-            emb = np.load(io.BytesIO(sample["emb.npy"]))
-            out["ground"] = torch.from_numpy(emb[keep].astype(np.float32))
+            try:
+                emb, _ = read_cached_embeddings(sample)
+            except EmbeddingCacheError as e:
+                raise DataError(str(e)) from None
+            out["ground"] = torch.from_numpy(emb[keep])
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -24,7 +24,7 @@ from graft.pipeline.indoor import (
     resnet18_model,
     resnet_input,
 )
-from graft.sources.base import Rejections
+from graft.rejections import Rejections
 from graft.storage import atomic_path, atomic_write_json
 
 _TRAIN_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

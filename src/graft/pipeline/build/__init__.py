@@ -31,7 +31,8 @@ Where each part lives:
 - :mod:`~graft.pipeline.build.config`: the config (:class:`BuildConfig`);
 - :mod:`~graft.pipeline.build.resources`: what a process makes once (models, sources, the I/O pool,
   GDAL and heap tuning);
-- :mod:`~graft.pipeline.build.grounds`: one module per ground source (``ground.kind``), each with its
+- :mod:`~graft.pipeline.build.grounds`: the registry of ground sources (``ground.kind``), one
+  ``ground_<kind>`` module each, with its
   plan and its partition's photos;
 - :mod:`~graft.pipeline.build.planning`: the partitions of a build;
 - :mod:`~graft.pipeline.build.partition` (with :mod:`~graft.pipeline.build.fetch` and
@@ -39,9 +40,10 @@ Where each part lives:
 - :mod:`~graft.pipeline.build.distributors`: local threads or Ray tasks over partitions;
 - :mod:`~graft.pipeline.build.finalize`: the manifest, ``stats.json``, plots and the summary;
 - :mod:`~graft.pipeline.build.driver`: :func:`build_dataset` and ``graft build``;
-- :mod:`~graft.pipeline.build.dataset_format`: the manifest and tile schemas and the part folders.
 """
 
+from graft.dataset.layout import part_dir
+from graft.dataset.manifest import MANIFEST_SCHEMA, TILES_SCHEMA
 from graft.pipeline.build.config import (
     BuildConfig,
     GroundConfig,
@@ -49,7 +51,6 @@ from graft.pipeline.build.config import (
     config_yaml,
     load_build_config,
 )
-from graft.pipeline.build.dataset_format import MANIFEST_SCHEMA, TILES_SCHEMA, part_dir
 from graft.pipeline.build.driver import build_dataset, run_build_command
 from graft.pipeline.build.empty_build import EmptyBuildError
 from graft.pipeline.build.finalize import BuildSummary, finalize

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -11,9 +10,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from graft.config import ConfigError
+from graft.dataset.layout import WRITTEN_DIRS, part_dir
+from graft.dataset.manifest import read_part_stats
 from graft.pipeline.build import resources
 from graft.pipeline.build.config import BuildConfig, load_build_config
-from graft.pipeline.build.dataset_format import part_dir
 from graft.pipeline.build.distributors import run_local, run_ray
 from graft.pipeline.build.empty_build import EmptyBuildError, empty_build_message
 from graft.pipeline.build.filter_guard import check_filter
@@ -21,7 +21,8 @@ from graft.pipeline.build.finalize import BuildSummary, finalize
 from graft.pipeline.build.grounds import ground_kind
 from graft.pipeline.build.planning import plan_build
 from graft.pipeline.build.records import PartitionTask
-from graft.sources.base import Rejections, SatelliteSource
+from graft.rejections import Rejections
+from graft.sources.base import SatelliteSource
 from graft.storage import clean_stale_temps
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def build_dataset(cfg: BuildConfig, distributor: str = "local", workers: int | N
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for sub in ("", "parts", "tiles", "photos"):
+    for sub in WRITTEN_DIRS:
         clean_stale_temps(out / sub)
     sat_ledger = _preflight(cfg, distributor, satellite)
 
@@ -123,9 +124,9 @@ def _check_existing(out: Path, cfg: BuildConfig, tasks: list[PartitionTask]) -> 
     fp = cfg.fingerprint()
     for t in tasks:
         d = part_dir(out, t.partition)
-        if not (d / "stats.json").is_file():
+        st = read_part_stats(d)
+        if st is None:
             continue
-        st = json.loads((d / "stats.json").read_text())
         if st.get("config_fingerprint") != fp:
             raise ConfigError(
                 f"{d} was built with a different config (fingerprint {st.get('config_fingerprint')}, now {fp}); "

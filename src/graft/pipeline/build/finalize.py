@@ -14,22 +14,24 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from affine import Affine
 
+from graft.dataset.layout import shard_files
+from graft.dataset.manifest import concat_parts, read_parts, write_manifest
 from graft.geometry import TileGrid
 from graft.pipeline.build import resources
 from graft.pipeline.build.config import BuildConfig, config_yaml
-from graft.pipeline.build.dataset_format import MANIFEST_SCHEMA, TILES_SCHEMA
 from graft.pipeline.build.filter_guard import MIN_SAMPLE
 from graft.pipeline.build.grounds import ground_kind
 from graft.pipeline.build.records import Plan
 from graft.pipeline.plots import SCORE_BINS, plot_filter_scores, plot_map, plot_photos_per_tile
 from graft.pipeline.split import SPLITS
-from graft.sources.base import Rejections
-from graft.storage import atomic_path, atomic_write_json, atomic_write_text
+from graft.rejections import Rejections
+from graft.storage import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
+
+LISTED_SHARDS = 10  # the summary names each shard up to this many per kind, beyond it their folder and range
 
 # Rejection reasons that count queries, not photos (Flickr's failed/truncated searches).
 QUERY_LEVEL_PREFIXES = ("query_",)
@@ -46,18 +48,7 @@ class _Parts:
 
 
 def _read_parts(out: Path, wanted: dict[int, str]) -> _Parts:
-    parts = _Parts([], [], [], [])
-    for d in sorted((out / "parts").glob("part-*")):
-        if not d.is_dir() or not (d / "stats.json").is_file():
-            continue
-        pid = int(d.name.split("-", 1)[1])
-        if pid not in wanted:
-            parts.stale.append(pid)
-            continue
-        parts.stats.append(json.loads((d / "stats.json").read_text()))
-        parts.manifests.append(pq.read_table(d / "manifest.parquet", schema=MANIFEST_SCHEMA))
-        parts.tiles.append(pq.read_table(d / "tiles.parquet", schema=TILES_SCHEMA))
-    return parts
+    return _Parts(*read_parts(out, wanted))
 
 
 def finalize(cfg: BuildConfig, plan: Plan, run_info: dict) -> dict:
@@ -69,10 +60,8 @@ def finalize(cfg: BuildConfig, plan: Plan, run_info: dict) -> dict:
     if parts.stale:
         log.warning("%d part folder(s) under %s/parts belong to no partition of this config (e.g. part-%05d); "
                     "they are left out of the manifest", len(parts.stale), out, parts.stale[0])
-    manifest = pa.concat_tables(parts.manifests) if parts.manifests else MANIFEST_SCHEMA.empty_table()
-    tile_table = pa.concat_tables(parts.tiles) if parts.tiles else TILES_SCHEMA.empty_table()
-    with atomic_path(out / "manifest.parquet") as tmp:
-        pq.write_table(manifest, tmp)
+    manifest, tile_table = concat_parts(parts.manifests, parts.tiles)
+    write_manifest(out, manifest)
     _plots_and_config(cfg, out, manifest, tile_table)
     totals = _Totals.of(plan, parts.stats)
     photo_level = sum(v for k, v in totals.ledger.counts.items() if not k.startswith(QUERY_LEVEL_PREFIXES))
@@ -203,13 +192,17 @@ class BuildSummary:
         if self.failed:
             lines.append("  re-run the same command to retry the failed partitions")
         lines.append("")
-        lines.extend(f"  {path}" for path in self.outputs())
+        lines.extend(f"  {line}" for line in self.outputs())
         return "\n".join(lines)
 
-    def outputs(self) -> list[Path]:
-        """The build's output files that exist: the dataset-level files, then every shard."""
+    def outputs(self) -> list[str]:
+        """The build's output files that exist: the dataset-level files, then the shards (a range when many)."""
         names = ("manifest.parquet", "stats.json", "map.png", "photos_per_tile.png", "filter_scores.png",
                  "build_config.yaml")
-        files = [self.out_dir / n for n in names if (self.out_dir / n).is_file()]
-        shards = [f"{p}" for sub in ("tiles", "photos") for p in sorted((self.out_dir / sub).glob("*.tar"))]
-        return files + [Path(s) for s in shards]
+        lines = [str(self.out_dir / n) for n in names if (self.out_dir / n).is_file()]
+        for shards in shard_files(self.out_dir):
+            if len(shards) <= LISTED_SHARDS:
+                lines.extend(str(p) for p in shards)
+            else:
+                lines.append(f"{shards[0].parent} ({len(shards)} shards, {shards[0].name} .. {shards[-1].name})")
+        return lines

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from graft.dataset.members import KEY_RE
 from graft.pipeline.build import resources
 from graft.pipeline.build.config import BuildConfig
 from graft.pipeline.build.fetch import fetch_chips
@@ -19,9 +20,9 @@ from graft.pipeline.build.grounds import ground_kind
 from graft.pipeline.build.records import PartitionRun, PartitionTask, PhotoRecord, utc
 from graft.pipeline.build.write import write_partition
 from graft.pipeline.cover import CoverResult, greedy_cover
-from graft.pipeline.photos import PhotoRejected, PreparedPhoto, prepare_photo
+from graft.pipeline.photos import PreparedPhoto, prepare_photo
 from graft.pipeline.plots import score_histogram
-from graft.pipeline.shards import KEY_RE
+from graft.rejections import PhotoRejected
 from graft.sources.base import SatelliteSource
 
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from graft.pipeline.build.config import BuildConfig
 from graft.pipeline.photos import PreparedPhoto
-from graft.sources.base import GroundPhoto, Rejections, SatelliteSource
+from graft.rejections import Rejections
+from graft.sources.base import GroundPhoto, SatelliteSource
 
 # Rejection examples kept per partition (stats.json keeps up to 1000 overall).
 PART_EXAMPLES = 50

@@ -19,7 +19,8 @@ from rasterio.env import set_gdal_config
 from graft.pipeline.build.config import BuildConfig, SatelliteConfig
 from graft.pipeline.indoor import IndoorFilter, IndoorFilterConfig
 from graft.pipeline.region import Region
-from graft.sources.base import Rejections, SatelliteSource
+from graft.rejections import Rejections
+from graft.sources.base import SatelliteSource
 from graft.sources.earthengine import NaipSource, Sentinel2Source
 from graft.sources.geotiff import GeoTiffSource
 

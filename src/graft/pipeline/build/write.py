@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from graft.pipeline.build.dataset_format import MANIFEST_SCHEMA, TILES_SCHEMA, part_dir
+from graft.dataset.layout import part_dir, shard_names
+from graft.dataset.manifest import write_part
+from graft.dataset.shards import photo_sample, tile_sample, write_samples
 from graft.pipeline.build.fetch import FetchedChip
 from graft.pipeline.build.records import PartitionRun, PhotoRecord, plain, utc
 from graft.pipeline.cover import PlannedTile
-from graft.pipeline.shards import json_bytes, shard_names, write_samples
 from graft.sources.base import ChipRejected
-from graft.storage import atomic_dir
 
 
 @dataclass
@@ -67,10 +63,7 @@ def write_partition(run: PartitionRun, records: list[PhotoRecord], tiles: list[P
         "tile_shard": out.tile_shard, "photo_shard": out.photo_shard,
         "filter_score_hist": run.filter_score_hist,
     }
-    with atomic_dir(part_dir(root, run.partition)) as tmp:
-        pq.write_table(pa.Table.from_pylist(out.manifest_rows, schema=MANIFEST_SCHEMA), tmp / "manifest.parquet")
-        pq.write_table(pa.Table.from_pylist(out.tile_rows, schema=TILES_SCHEMA), tmp / "tiles.parquet")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True, default=str) + "\n")
+    write_part(part_dir(root, run.partition), out.manifest_rows, out.tile_rows, stats)
     return stats
 
 
@@ -104,14 +97,13 @@ def _add_tile(run: PartitionRun, records: list[PhotoRecord], tile: PlannedTile, 
         }
         out.manifest_rows.append(row)
         entries.append({"photo_id": photo.photo_id, "row": r, "col": c})
-        out.photo_samples.append({"__key__": photo.photo_id, "jpg": records[j].prepared.jpeg,
-                                  "json": json_bytes(plain(row))})
+        out.photo_samples.append(photo_sample(photo.photo_id, records[j].prepared.jpeg, plain(row)))
     meta = {
         "tile_id": tile_id, "grid": chip.grid.to_json(), "bands": list(chip.bands),
         "date": chip.date.isoformat() if chip.date else None,
         "source": chip.source, "split": split, "photos": entries, "meta": chip.meta,
     }
-    out.tile_samples.append({"__key__": tile_id, "tif": chip.tif, "json": json_bytes(meta)})
+    out.tile_samples.append(tile_sample(tile_id, chip.tif, meta))
     out.tile_rows.append({"tile_id": tile_id, "partition": pid, "split": split, "crs": chip.grid.crs,
                           "transform": list(chip.grid.transform)[:6], "size": chip.grid.size,
                           "date": chip.date, "n_photos": len(entries), "tile_shard": out.tile_shard})

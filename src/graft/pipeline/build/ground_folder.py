@@ -11,12 +11,13 @@ import numpy as np
 from tqdm import tqdm
 
 from graft.pipeline.build.config import BuildConfig
-from graft.pipeline.build.grounds.base import GroundKind
+from graft.pipeline.build.ground_base import GroundKind
 from graft.pipeline.build.records import PartitionRun, PartitionTask, PhotoRecord, Plan, timed
 from graft.pipeline.photos import content_hash
 from graft.pipeline.region import Region
 from graft.pipeline.split import assign_splits
-from graft.sources.base import GroundPhoto, Rejections
+from graft.rejections import Rejections
+from graft.sources.base import GroundPhoto
 from graft.sources.folder import FolderSource
 
 

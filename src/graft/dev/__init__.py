@@ -1,0 +1,1 @@
+"""Tools for working on graft itself (not used by any stage): ``python -m graft.dev.layers``."""
