@@ -120,3 +120,35 @@ def test_kmeans_separates_planted_blobs():
     for b in range(4):
         assert len(set(labels[b * 30:(b + 1) * 30])) == 1
     assert len(set(labels)) == 4
+
+
+def test_searched_photos_are_sampled_by_whole_partitions_and_the_sample_is_reused(tmp_path, monkeypatch):
+    """Flickr-like plans list no photos: the guard takes whole partitions in a seeded order until its sample
+    is full, and a re-run with the same config re-judges the saved sample without reading a photo again."""
+    from collections import Counter
+
+    from graft.pipeline.build import filter_guard
+    from graft.pipeline.build.records import PartitionTask, PhotoRecord, Plan
+    from graft.rejections import Rejections
+    from graft.sources.base import GroundPhoto
+
+    world = _world(tmp_path / "world")
+    files = sorted(world.photos_dir.iterdir())
+    gathered: list[int] = []
+
+    class SearchedGround:  # four photos per partition, as a search would find them
+        def gather(self, run, stack):
+            gathered.append(run.partition)
+            mine = files[4 * run.partition:4 * run.partition + 4]
+            return [PhotoRecord(GroundPhoto(photo_id=f"p{run.partition}x{i}", lat=45.0, lon=9.0, taken_at=None,
+                                            uri=str(f), source="test"), f.read_bytes) for i, f in enumerate(mine)]
+
+    monkeypatch.setattr(filter_guard, "ground_kind", lambda cfg: SearchedGround())
+    monkeypatch.setattr(resources, "indoor_filter", lambda cfg: PlantedFilter(rejected=("indoor",)))
+    cfg = validate(BuildConfig, build_config(world, tmp_path / "ds", filter={"kind": "clip", "check_sample": 22}))
+    plan = Plan([PartitionTask(partition=p, split="train") for p in range(25)], Rejections(), Counter(), {})
+    verdict = filter_guard.check_filter(cfg, plan)
+    assert len(gathered) == 6 and len(set(gathered)) == 6 and gathered != sorted(gathered)  # 6 x 4 >= 22
+    assert verdict["photos"] == 24 and not verdict["stopped"]
+    again = filter_guard.check_filter(cfg, plan)
+    assert len(gathered) == 6 and again == verdict
