@@ -35,6 +35,7 @@ from bench.report import load_previous, merge, write_results
 GROUP_MODULES = {
     "cache_speedup": "bench.cache_speedup",
     "loader": "bench.loader",
+    "block_mix": "bench.block_mix",
     "fetch": "bench.fetch",
     "ann": "bench.ann",
     "build_rss": "bench.build_rss",

@@ -31,18 +31,35 @@ def tiny_clip_spec(folder: Path, seed: int = 0) -> ClipSpec:
     return ClipSpec(model="graft-tiny-vit", pretrained=str(path))
 
 
-def make_checkpoint(folder: Path, spec: ClipSpec, kind: str, seed: int = 1) -> Path:
-    """A 'trained' checkpoint: CLIP's visual tower with perturbed weights (so it differs from the baseline)."""
+def make_checkpoint(folder: Path, spec: ClipSpec, kind: str, seed: int = 1, band_norm=None) -> Path:
+    """A 'trained' checkpoint: CLIP's visual tower with perturbed weights (so it differs from the baseline).
+
+    ``band_norm`` (a :class:`graft.imagery.BandNorm`) makes it a multispectral encoder reading those bands.
+    """
     from graft.models.checkpoint import save_checkpoint
     from graft.models.satellite import build_encoder
 
-    encoder = build_encoder(kind, load_clip(spec).model.visual)
+    encoder = build_encoder(kind, load_clip(spec).model.visual, in_chans=band_norm.channels if band_norm else 3)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in encoder.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return save_checkpoint(folder / f"run-{kind}", 10, encoder.state_dict(), {},
-                           meta={"kind": kind, "clip": spec.model_dump()}, config_yaml="")
+    run = f"run-{kind}" + (f"-{band_norm.channels}band" if band_norm else "")
+    return save_checkpoint(folder / run, 10, encoder.state_dict(), {}, config_yaml="",
+                           meta={"kind": kind, "clip": spec.model_dump(),
+                                 "bands": band_norm.to_json() if band_norm else None})
+
+
+def make_class_folders(root: Path, colours: dict[str, tuple[int, int, int]], per_class: int, size: int = 48,
+                       noise: float = 25.0, seed: int = 0) -> Path:
+    """An EuroSAT-layout ImageFolder: ROOT/<Class>/<Class>_<n>.png, each image its class colour plus noise."""
+    rng = np.random.default_rng(seed)
+    for cls, colour in colours.items():
+        (root / cls).mkdir(parents=True)
+        for n in range(per_class):
+            arr = np.clip(np.array(colour) + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / cls / f"{cls}_{n + 1}.png")
+    return root
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
@@ -52,8 +69,14 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 
 
 def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int = 48, n_shards: int = 2,
-                 seed: int = 0, embed: bool = True, splits=("train",)) -> Path:
-    """Write manifest.parquet + tiles/photos shards; tiles get 1..6 photos whose colour follows the tile's."""
+                 seed: int = 0, embed: bool = True, splits=("train",), invert_photos: bool = False,
+                 bands=("R", "G", "B")) -> Path:
+    """Write manifest.parquet + tiles/photos shards; tiles get 1..6 photos whose colour follows the tile's.
+
+    With ``invert_photos`` a tile's photos take the complementary colour, so an untrained encoder
+    (a copy of CLIP's image tower) does not match tiles to their photos until training learns the mapping.
+    ``bands`` names the tile bands, R, G, B first; bands beyond three hold random uint8 values.
+    """
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     (root / "tiles").mkdir(exist_ok=True)
@@ -73,6 +96,9 @@ def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int =
                 colour = rng.integers(0, 256, 3)
                 tile = (colour[:, None, None] + rng.integers(-20, 20, (3, tile_size, tile_size))).clip(0, 255)
                 tile = tile.astype(np.uint8)
+                if len(bands) > 3:
+                    extra = rng.integers(0, 256, (len(bands) - 3, tile_size, tile_size)).astype(np.uint8)
+                    tile = np.concatenate([tile, extra])
                 n = int(rng.integers(1, 7))
                 rr = rng.uniform(0, tile_size, n)
                 cc = rng.uniform(0, tile_size, n)
@@ -82,7 +108,8 @@ def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int =
                 for j in range(n):
                     pid = f"p-{t:05d}-{j:02d}"
                     # Each tile's photos share a random texture, so a random tower still tells tiles apart.
-                    ph = (colour + np.random.default_rng(t).integers(-90, 90, (40, 40, 3))).clip(0, 255)
+                    base = 255 - colour if invert_photos else colour
+                    ph = (base + np.random.default_rng(t).integers(-90, 90, (40, 40, 3))).clip(0, 255)
                     ph = ph.astype(np.uint8)
                     jpgs.append(_jpeg(ph))
                     photos.append({"photo_id": pid, "row": float(rr[j]), "col": float(cc[j])})
@@ -91,7 +118,7 @@ def make_dataset(root: Path, spec: ClipSpec, n_tiles: int = 12, tile_size: int =
                                  "row": float(rr[j]), "col": float(cc[j]), "split": split, "source": "test",
                                  "license": "", "owner": "", "outdoor_score": 1.0, "tile_shard": tname,
                                  "photo_shard": pname, "tile_crs": grid.crs, "tile_date": None, "partition": s})
-                meta = {"tile_id": tile_id, "grid": grid.to_json(), "bands": ["R", "G", "B"], "date": None,
+                meta = {"tile_id": tile_id, "grid": grid.to_json(), "bands": list(bands), "date": None,
                         "source": "test", "split": split, "photos": photos}
                 sample = {"__key__": tile_id, "tif": encode_geotiff(tile, grid), "json": json.dumps(meta).encode()}
                 if embed:

@@ -18,7 +18,7 @@ import torch
 from bench import ann, run
 from bench.build_rss import run_measured
 
-QUICK_GROUPS = ["cache_speedup", "loader", "fetch", "ann"]
+QUICK_GROUPS = ["cache_speedup", "loader", "block_mix", "fetch", "ann"]
 FIGURE_KEYS = {"name", "value", "goal", "op", "met", "about", "group", "measured_at"}
 
 

@@ -79,6 +79,16 @@ def test_dataset_folder_has_every_documented_output(base):
     assert stats["timings"]["wall_s"] > 0 and not stats["failures"]
 
 
+def test_band_statistics_beside_the_manifest_equal_a_pass_over_every_tile(base):
+    """The build sums each partition's tiles while it holds their pixels; merged, that is a full pass exactly."""
+    from graft.dataset.band_stats import dataset_band_stats, read_band_stats
+
+    stats = read_band_stats(base.cfg.out_dir)
+    assert stats == dataset_band_stats(base.cfg.out_dir)
+    assert set(stats["splits"]) == {r["split"] for r in _manifest(base.cfg.out_dir)}
+    assert all(b["count"] > 0 for s in stats["splits"].values() for b in s["bands"].values())
+
+
 def test_shards_are_webdataset_readable_and_keys_have_no_dots(base):
     out = base.cfg.out_dir
     manifest = _manifest(out)
@@ -208,6 +218,83 @@ def test_ray_build_equals_local_build(base, tmp_path):
         pq.read_table(f"{base.cfg.out_dir}/manifest.parquet"))
     for shard in sorted((tmp_path / "ray" / "tiles").glob("*.tar")):
         assert shard.read_bytes() == open(f"{base.cfg.out_dir}/tiles/{shard.name}", "rb").read()
+
+
+@pytest.mark.slow
+def test_ray_workers_share_one_flickr_quota(base, tmp_path, monkeypatch):
+    """4 Ray workers on one key: the REST requests of the whole build stay within ``queries_per_hour``."""
+    from fakes.flickr_server import FakeFlickr as FlickrServer
+    from fakes.flickr_server import make_catalogue
+
+    monkeypatch.setenv("FLICKR_API_KEY", "quota-test-key")
+    monkeypatch.setenv("FLICKR_API_SECRET", "quota-test-secret")
+    catalogue = make_catalogue(300, lat=45.03, lon=9.04, spread_km=3.0, start=dt.date(2020, 1, 1),
+                               end=dt.date(2020, 12, 31), seed=2)
+    per_hour, burst = 7_200.0, 10  # 2 requests a second after the bucket's burst of 10
+    with FlickrServer(catalogue) as server:
+        cfg = validate(BuildConfig, build_config(base.world, tmp_path / "ds", **{
+            "ground": {"kind": "flickr", "n_points": 30, "seed": 1, "short_side": 64,
+                       "flickr": {"rest_url": server.rest_url, "min_taken": "2020-01-01",
+                                  "max_taken": "2020-12-31", "radius_km": 0.5, "queries_per_hour": per_hour}},
+        }))
+        summary = build_dataset(cfg, distributor="ray", workers=4)
+        times = sorted(r.t for r in server.requests if r.endpoint == "rest")
+    assert summary.stats["partitions"]["failed"] == 0 and summary.stats["partitions"]["done"] >= 4
+    assert len(times) >= 30
+    rate = per_hour / 3600
+    for i, t in enumerate(times):
+        # Request i+1 may go no earlier than the bucket allows (one token of slack for clock jitter).
+        assert i + 1 <= burst + 1 + rate * (t - times[0]), (i, t - times[0])
+    measured = (len(times) - burst) / (times[-1] - times[0])
+    print(f"flickr quota under ray: {len(times)} requests, {measured:.2f}/s after the burst (limit {rate:.2f}/s)")
+    assert measured <= rate * 1.05
+
+
+def test_every_photo_found_inside_the_region_is_kept_or_rejected_with_a_reason(base, tmp_path, monkeypatch):
+    """2 query points, circles covering a region across 4 blocks: blocks without points lose nothing."""
+    rng = np.random.default_rng(11)
+    pool, images = [], {}
+    for i in range(80):
+        lat, lon = rng.uniform(44.998, 45.04), rng.uniform(9.035, 9.09)  # some outside the region
+        pid = f"flickr-{2000 + i}"
+        pool.append(GroundPhoto(photo_id=pid, lat=lat, lon=lon, taken_at=dt.datetime(2021, 5, 3, 10, 0),
+                                source="flickr", uri=f"https://example.invalid/{pid}.jpg", license="CC BY 2.0"))
+        images[pid] = jpeg_with_gps(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), None, None, None)
+    monkeypatch.setattr(FakeFlickr, "pool", pool)
+    monkeypatch.setattr(FakeFlickr, "images", images)
+    monkeypatch.setattr(FakeFlickr, "broken", set())
+    monkeypatch.setattr("graft.pipeline.build.ground_flickr.FlickrSource", FakeFlickr)
+    # The region straddles the UTM 32N lines x = 505 km and y = 4985 km: four 5 km blocks.
+    data = build_config(base.world, tmp_path / "ds", **{
+        "region": {"bbox": [9.045, 45.005, 9.08, 45.032], "block_km": 5.0},
+        "ground": {"kind": "flickr", "n_points": 2, "seed": 0, "short_side": 64,
+                   "flickr": {"min_taken": "2020-01-01", "max_taken": "2022-12-31", "radius_km": 3.0}},
+    })
+    cfg = validate(BuildConfig, data)
+    region = Region.from_config(cfg.region)
+    assert len(region.block_ids) == 4
+    plan = plan_build(cfg)
+    points = [q for t in plan.tasks for q in t.query_points]
+    assert len(points) == 2 and len({t.partition for t in plan.tasks if t.query_points}) < 4
+    assert [t.partition for t in plan.tasks] == region.block_ids  # the circles reach every block
+
+    summary = build_dataset(cfg)
+    found = {p.photo_id for p in pool
+             if min(haversine_m(la, lo, p.lat, p.lon) for la, lo in points) <= 3000.0}
+    inside = {p.photo_id for p in pool if region.contains([p.lat], [p.lon])[0]}
+    found_inside = found & inside
+    kept = {r["photo_id"] for r in _manifest(tmp_path / "ds")}
+    rejected = {e["item"]: e["reason"] for e in summary.stats["rejections"]["examples"]}
+    assert len(found_inside) >= 30 and kept <= found_inside
+    lost = found_inside - kept - set(rejected)
+    assert not lost, f"{len(lost)} photos found inside the region were neither kept nor rejected"
+    counts = summary.stats["rejections"]["counts"]
+    assert len(kept) + sum(n for r, n in counts.items() if r != "outside_region") == len(found_inside)
+    # A photo outside the region found from two blocks' own points is counted by each (left as is).
+    assert counts.get("outside_region", 0) >= len(found - inside)
+    table = summary.table()
+    for reason in {rejected[i] for i in found_inside - kept}:
+        assert reason in table
 
 
 # ---------------------------------------------------------------- config validation
@@ -364,7 +451,7 @@ class FakeFlickr:
     images: dict[str, bytes] = {}
     broken: set[str] = set()
 
-    def __init__(self, cfg, rejections):
+    def __init__(self, cfg, rejections, bucket=None):
         self.cfg, self.rejections = cfg, rejections
         self.counters = Counter()
 
@@ -421,7 +508,8 @@ def test_flickr_query_points_search_and_partition_ownership(base, tmp_path, monk
     points = np.array([q for t in plan.tasks for q in t.query_points])
     assert len(points) == 30 and region.contains(points[:, 0], points[:, 1]).all()
     for t in plan.tasks:
-        assert set(region.block_of(*np.array(t.query_points).T).tolist()) == {t.partition}
+        if t.query_points:
+            assert set(region.block_of(*np.array(t.query_points).T).tolist()) == {t.partition}
 
     summary = build_dataset(cfg)
     manifest = _manifest(tmp_path / "ds")

@@ -37,6 +37,19 @@ def test_graft_beats_baseline_beats_chance(quick_demo):
     assert ret_graft > ret_base, (ret_graft, ret_base)
 
 
+def test_vqa_programs_over_the_pixel_model_beat_the_baseline(quick_demo):
+    """RSVQA-format questions on held-out tiles: the pixel model answers through the same programs as the
+    teacher's patch tokens, at least 15 points better overall and better on presence."""
+    _, doc = quick_demo
+    rows = doc["rows"]
+    graft = _value(rows, "vqa", "heldout-vqa", "graft-pixel", "overall_accuracy")
+    base = _value(rows, "vqa", "heldout-vqa", "baseline", "overall_accuracy")
+    assert graft >= base + 0.15, (graft, base)
+    presence = _value(rows, "vqa", "heldout-vqa", "graft-pixel", "accuracy[presence]")
+    assert presence > _value(rows, "vqa", "heldout-vqa", "baseline", "accuracy[presence]")
+    assert _value(rows, "vqa", "heldout-vqa", "graft-pixel", "parsed_share") == 1.0
+
+
 def test_report_and_outputs_follow_the_documented_layout(quick_demo):
     out, doc = quick_demo
     on_disk = json.loads((out / "report.json").read_text())
@@ -44,7 +57,7 @@ def test_report_and_outputs_follow_the_documented_layout(quick_demo):
     models = {r["model"] for r in on_disk["rows"]}
     tasks = {r["task"] for r in on_disk["rows"]}
     assert models == {"graft-image", "graft-pixel", "baseline"}
-    assert tasks == {"zeroshot_classification", "retrieval", "segmentation", "knn", "linear_probe", "alignment"}
+    assert tasks == {"zeroshot_classification", "retrieval", "segmentation", "knn", "linear_probe", "alignment", "vqa"}
     assert set(on_disk["wall_s"]) >= {"world", "teacher", "dataset", "embed", "train", "eval", "export", "total"}
     assert (out / "report.md").read_text().count("|") > 20
     assert (out / "dataset" / "manifest.parquet").is_file()

@@ -121,11 +121,16 @@ def test_config_limits_checks_to_the_sources_it_uses(monkeypatch, tmp_path):
     tifs = tmp_path / "tiles"
     tifs.mkdir()
     (tifs / "a.tif").write_bytes(b"")
-    cfg = write_config(tmp_path, {"ground": {"kind": "folder"},
-                                  "satellite": {"kind": "geotiff", "paths": [str(tifs / "*.tif")]}})
+    (tmp_path / "photos").mkdir()
+    cfg = write_config(tmp_path, {"out_dir": str(tmp_path / "out"), "region": {"bbox": [0.0, 0.0, 1.0, 1.0]},
+                                  "ground": {"kind": "folder", "folder": {"root": str(tmp_path / "photos")}},
+                                  "filter": {"kind": "none"},
+                                  "satellite": {"kind": "geotiff", "geotiff": {"paths": [str(tifs / "*.tif")],
+                                                                              "gsd": 10, "size": 64}}})
     rows = rows_by_name(doctor.run_doctor(config=cfg, offline=True))
     assert not any(n.startswith(("flickr", "earthengine")) for n in rows)
     assert rows["geotiff files"].status == "ok" and "package ee" not in rows
+    assert rows["config valid"].status == "ok"
     assert main(["doctor", "--offline", "--config", cfg]) == 0
 
     cfg = write_config(tmp_path, {"ground": {"kind": "folder"},

@@ -284,12 +284,20 @@ def test_timeouts_and_server_errors_are_retried(fake, grid):
     assert fake.attempts["computePixels"] == 3
 
 
-def test_permanent_ee_errors_are_not_retried(fake, grid):
+@pytest.mark.parametrize("message, reason", [
+    ("Image.select: Pattern 'B99' did not match any bands.", "ee_missing_band"),
+    ("Image.load: Image asset 'COPERNICUS/S2_SR_HARMONIZED/x' not found (does not exist or caller does not "
+     "have access).", "ee_asset_not_found"),
+    ("User memory limit exceeded.", "ee_memory_limit"),
+    ("Total request size (60000000 bytes) must be less than or equal to 50331648 bytes.", "ee_request_too_large"),
+    ("Something nobody has seen before.", "fetch_failed:ee_error"),
+])
+def test_permanent_ee_errors_are_not_retried(fake, grid, message, reason):
     add_scene(fake, "2021-06-10")
-    fake.fail("computePixels", FakeEEException("Image.select: Pattern 'B99' did not match any bands."), times=5)
+    fake.fail("computePixels", FakeEEException(message), times=5)
     with pytest.raises(ChipRejected) as e:
         s2_source(fake).fetch(grid, dt.date(2021, 6, 10))
-    assert e.value.reason == "fetch_failed:ee_error"
+    assert e.value.reason == reason
     assert fake.attempts["computePixels"] == 1
 
 
@@ -318,6 +326,43 @@ def test_malformed_reply_is_retried_as_bad_reply(fake, grid):
 ])
 def test_error_classification(exc, kind):
     assert classify_ee_error(exc) == kind
+
+
+def _ee_build(fake: FakeEE, tmp_path):
+    """A small folder build whose chips come from the fake ``ee`` (Sentinel-2, 32-px tiles at 10 m)."""
+    from helpers_build import build_config, make_world
+
+    from graft.config import validate
+    from graft.pipeline.build import BuildConfig, build_dataset
+
+    day = dt.date(2021, 4, 1)
+    while day < dt.date(2021, 9, 1):
+        add_scene(fake, day.isoformat())
+        day += dt.timedelta(days=7)
+    world = make_world(tmp_path / "world", n_scattered=12, n_cluster=3)
+    cfg = validate(BuildConfig, build_config(world, tmp_path / "ds", **{
+        "satellite": {"kind": "sentinel2", "tile_size": 32, "gsd": 10.0}, "region.block_km": 10.0}))
+    summary = build_dataset(cfg, satellite=s2_source(fake))
+    return summary, fake.attempts["computePixels"]
+
+
+def test_a_permanent_ee_error_drops_one_tile_with_its_reason_and_the_build_completes(fake, tmp_path):
+    fake.fail("computePixels", FakeEEException("Image.select: Pattern 'B4' did not match any bands."))
+    summary, calls = _ee_build(fake, tmp_path)
+    s = summary.stats
+    assert s["failures"] == [] and s["partitions"]["failed"] == 0
+    assert s["tile_rejections"] == {"ee_missing_band": 1}
+    assert s["rejections"]["counts"]["tile_ee_missing_band"] >= 1
+    assert calls == s["tiles"] + 1  # one attempt per tile: the permanent error was not retried
+    assert "tile_ee_missing_band" in summary.table()
+
+
+def test_a_transient_ee_error_is_retried_in_a_build(fake, tmp_path):
+    fake.fail("computePixels", FakeEEException("Too many concurrent aggregations."), times=2)
+    summary, calls = _ee_build(fake, tmp_path)
+    s = summary.stats
+    assert s["failures"] == [] and s["tile_rejections"] == {}
+    assert calls == s["tiles"] + 2 and s["tiles"] == s["counts"]["tiles_planned"]
 
 
 def test_adapter_bugs_are_not_swallowed_as_rejections(fake, grid):
@@ -595,3 +640,38 @@ def test_real_key_file_credentials_are_built_by_ee(real_ee, grid, key_file):
         src.session.ensure_initialized()
     assert "not-a-real-key" not in str(e.value)
     assert os.environ["EE_SERVICE_ACCOUNT_KEY_FILE"] == str(key_file)
+
+
+# --------------------------------------------------------------------------- Sentinel-2: multispectral bands
+
+
+@pytest.mark.parametrize("resampling", ["nearest", "bilinear"])
+def test_s2_20m_and_60m_bands_are_requested_on_the_10m_chip_grid(fake, grid, resampling):
+    bands = ["B4", "B3", "B2", "B8", "B5", "B8A", "B11", "B12", "B1"]
+    add_scene(fake, "2021-06-10", bands={b: 100 * (i + 1) for i, b in enumerate(bands)} | {"SCL": 4})
+    chip = s2_source(fake, bands=bands, resampling=resampling).fetch(grid, dt.date(2021, 6, 10))
+    (req,) = fake.compute_requests
+    t = grid.transform
+    assert {k: v for k, v in req.items() if k != "expression"} == {
+        "fileFormat": "NUMPY_NDARRAY",
+        "bandIds": [*bands, "SCL"],
+        "grid": {"dimensions": {"width": SIZE, "height": SIZE}, "crsCode": "EPSG:32633",
+                 "affineTransform": {"scaleX": 10.0, "shearX": 0.0, "translateX": t.c,
+                                     "shearY": 0.0, "scaleY": -10.0, "translateY": t.f}},
+    }
+    ops = req["expression"].ops
+    if resampling == "nearest":  # Earth Engine's default: no resample call at all
+        assert ops == (("select", (*bands, "SCL")),)
+    else:  # reflectance resampled, the class map (SCL) not
+        assert ops == (("select", tuple(bands)), ("resample", "bilinear"), ("addBands", req["expression"].label),
+                       ("select", (*bands, "SCL")))
+    assert chip.bands == bands and chip.array.dtype == np.uint16 and chip.array.shape == (len(bands), SIZE, SIZE)
+    assert [int(chip.array[i, 0, 0]) for i in range(len(bands))] == [100 * (i + 1) for i in range(len(bands))]
+
+
+def test_s2_band_list_is_checked(fake):
+    with pytest.raises(ValueError, match="not Sentinel-2 MSI bands"):
+        Sentinel2Config(bands=["B4", "B3", "B2", "NIR"])
+    with pytest.raises(ValueError, match="has no band B10"):
+        Sentinel2Config(bands=["B4", "B3", "B2", "B10"])
+    assert Sentinel2Config(collection="COPERNICUS/S2_HARMONIZED", bands=["B4", "B3", "B2", "B10"]).bands[-1] == "B10"

@@ -9,8 +9,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from helpers_data import make_checkpoint, tiny_clip_spec
-from PIL import Image
+from helpers_data import make_checkpoint, make_class_folders, tiny_clip_spec
 from torch.utils.data import DataLoader
 
 from graft.evaluation import export as ex
@@ -18,6 +17,7 @@ from graft.evaluation.datasets import LabelledTensorDataset, load_benchmark
 from graft.evaluation.models import GraftClipModel
 from graft.evaluation.run import EvalConfig, evaluate
 from graft.evaluation.zeroshot import evaluate_zeroshot
+from graft.imagery import BandNorm
 from graft.models.checkpoint import load_encoder
 
 CLASSES = {"AnnualCrop": (200, 180, 40), "Forest": (20, 120, 30), "Highway": (128, 128, 128), "SeaLake": (20, 40, 200)}
@@ -37,12 +37,7 @@ def _single_thread():
 
 
 def make_eurosat(root: Path, per_class: int = 4) -> Path:
-    rng = np.random.default_rng(0)
-    for cls, color in CLASSES.items():
-        (root / cls).mkdir(parents=True)
-        for n in range(per_class):
-            arr = np.clip(np.array(color) + rng.normal(0, 25, (48, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / cls / f"{cls}_{n + 1}.png")
+    make_class_folders(root, CLASSES, per_class)
     (root / "templates.txt").write_text("a satellite image of {}.\na photo of {} from above.\n")
     return root
 
@@ -151,3 +146,32 @@ def test_export_refuses_to_replace_a_foreign_folder_but_replaces_an_export(world
     ex.export_checkpoint(world["image"], target)  # a previous export is replaced whole
     assert not (target / ex.PROJECTOR_FILE).exists()
     assert not any(p.name.endswith(".tmp") for p in target.parent.iterdir())
+
+
+MS_NORM = BandNorm(("R", "G", "B", "N", "SWIR"), (0.48, 0.46, 0.41, 90.0, 60.0), (0.27, 0.26, 0.28, 30.0, 20.0))
+
+
+@pytest.mark.parametrize("kind", ["image", "pixel"])
+def test_multispectral_export_loads_with_graft_and_open_clip_refuses_it(world, kind):
+    ckpt = make_checkpoint(world["tmp"], world["spec"], kind, seed=3, band_norm=MS_NORM)
+    out = ex.export_checkpoint(ckpt, world["tmp"] / f"export-ms-{kind}")
+    assert ex.MULTISPECTRAL_WEIGHTS_FILE in {p.name for p in out.iterdir()}
+    assert not (out / ex.WEIGHTS_FILE).exists()
+    with pytest.raises(RuntimeError, match="conv1"):  # open_clip's ViT takes 3 channels: a loud refusal
+        open_clip.create_model_and_transforms(f"local-dir:{out}")
+
+    loaded = ex.load_multispectral_export(out)
+    assert loaded.band_norm == MS_NORM
+    encoder, bundle, _ = load_encoder(ckpt)
+    x = torch.randn(2, 5, 32, 32)
+    tokens = bundle.tokenizer(["a satellite image of forest.", "a photo of a lake."])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode_image(x, normalize=True), encoder.encode_image(x), rtol=0,
+                                   atol=1e-6)
+        torch.testing.assert_close(loaded.model.encode_text(tokens), bundle.model.encode_text(tokens), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.tokenizer(["a b"]), bundle.tokenizer(["a b"]))
+    if kind == "pixel":
+        with torch.no_grad():
+            torch.testing.assert_close(ex.load_pixel_model(out)(x), encoder(x), rtol=0, atol=1e-6)
+    with pytest.raises(ex.ExportError, match="not a multispectral"):
+        ex.load_multispectral_export(ex.export_checkpoint(world["image"], world["tmp"] / "export-rgb-for-ms"))

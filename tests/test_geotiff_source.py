@@ -218,6 +218,20 @@ def test_uint16_is_preserved(tmp_path):
     assert (chip.array[0] == 61000).all() and (chip.array[1] == 4000).all()
 
 
+def test_any_bands_named_as_configured(tmp_path):
+    """A 5-band file: every band readable, in any order, under the names the config gives."""
+    x0, y0 = _tf("EPSG:4326", UTM).transform(LON0, LAT0)
+    tf = Affine(10.0, 0, float(np.floor(x0 - 1000)), 0, -10.0, float(np.floor(y0 + 1000)))
+    arr = np.stack([np.full((200, 200), 1000 * (i + 1), np.uint16) for i in range(5)])
+    path = write_tif(tmp_path / "ms.tif", arr, UTM, tf)
+    chip = source([path], bands=[3, 2, 1, 5, 4], band_names=["B4", "B3", "B2", "B11", "B8"],
+                  resampling="nearest").fetch(tile_grid_around(LAT0, LON0, 64, 10.0), None)
+    assert chip.bands == ["B4", "B3", "B2", "B11", "B8"]
+    assert [int(chip.array[i, 0, 0]) for i in range(5)] == [3000, 2000, 1000, 5000, 4000]
+    with pytest.raises(ValueError, match="band_names must name each"):
+        GeoTiffConfig(paths=[str(path)], gsd=10.0, bands=[1, 2, 3, 4], band_names=["R", "G", "B"])
+
+
 def test_bad_files_are_counted_not_fatal(world, tmp_path):
     x0, y0 = _tf("EPSG:4326", UTM).transform(LON0, LAT0)
     tf = Affine(10.0, 0, x0, 0, -10.0, y0)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Launch graft training with torchrun on one node or many.
-#   one node:   NPROC_PER_NODE=8 train/torchrun.sh train/image_level.yaml
+#   one node:   NPROC_PER_NODE=8 train/torchrun.sh train/sentinel2_image.yaml
 #   multi-node: run on every node with NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT set
 #               (rendezvous via c10d), e.g. from train/slurm.sbatch.
 # Extra arguments go to `graft train` (e.g. --set data.batch_size=32).

@@ -17,11 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from graft.credentials import redact
+from graft.errors import GraftError
 
 T = TypeVar("T", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class ConfigError(GraftError, ValueError):
     """A config file or override is invalid. The message names each bad key."""
 
 
@@ -45,11 +46,24 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` from a PyYAML error (1-based, as editors count)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key.sub=value")
+        raise ConfigError(f"--set {item!r} must look like key.sub=value")
     key, value = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key.strip()}: value {value!r} is not valid YAML ({_yaml_problem(e)}); "
+                          "quote it, e.g. --set 'key=\"text: with colon\"'") from None
+    return key.strip().split("."), parsed
 
 
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
@@ -59,7 +73,7 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+                raise ConfigError(f"--set {item!r}: {k!r} is not a section")
         node[keys[-1]] = value
     return data
 
@@ -71,7 +85,8 @@ def load_yaml(path: str | os.PathLike) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+        raise ConfigError(f"config {path} is not valid YAML at {_yaml_problem(e)}; fix that line "
+                          "(indentation, a missing ':' or an unclosed quote or bracket)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level, got {type(data).__name__}")
     return data

@@ -15,12 +15,14 @@ import threading
 import warnings
 from pathlib import Path
 
+from graft.errors import GraftError
+
 _SECRETS: set[str] = set()
 _LOCK = threading.Lock()
 MASK = "***"
 
 
-class CredentialError(RuntimeError):
+class CredentialError(GraftError, RuntimeError):
     """A required credential is missing or unreadable. The message says which and how to set it."""
 
 

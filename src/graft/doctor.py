@@ -7,8 +7,10 @@ or variable that fixes it, and exits 0 only when everything the build needs is
 present. It never prints a secret: only variable names, file paths and
 non-secret identifiers (service-account e-mail, project id).
 
-With ``--config`` only the sources that dataset uses are checked (its
-``ground.kind`` and ``satellite.kind``); without it every source is checked
+With ``--config`` the whole config is validated first (a misspelt key is a
+failure), every weights file it needs (indoor filter, CLIP towers) is looked
+for on disk and in the download caches without downloading, and only the
+sources that dataset uses are checked (its ``ground.kind`` and ``satellite.kind``); without it every source is checked
 and required. Unless ``--offline``, it also calls each service once with a
 short timeout (``ee.Initialize`` plus a trivial ``getInfo``; ``flickr.test.echo``).
 """
@@ -133,6 +135,56 @@ def _earthengine_config(data: dict[str, Any]) -> tuple[EarthEngineConfig, list[C
         return validate(EarthEngineConfig, section, "earthengine section"), []
     except ConfigError as e:
         return EarthEngineConfig(), [Check("config earthengine", FAIL, str(e), "fix the earthengine section")]
+
+
+def check_config(config_path: str) -> tuple[list[Check], Any]:
+    """Validate the whole config, as the command that runs it would: every key, type and value.
+
+    A YAML with ``run_dir`` is a training config (``graft train``); any other a dataset config
+    (``graft build``). Returns the rows and the validated config (None if invalid).
+    """
+    try:
+        data = load_yaml(config_path)
+        if "run_dir" in data:
+            from graft.training.config import TrainConfig
+
+            cfg: Any = validate(TrainConfig, data, source=config_path)
+        else:
+            from graft.pipeline.build import BuildConfig
+
+            cfg = validate(BuildConfig, data, source=config_path)
+    except ConfigError as e:
+        return [Check("config valid", FAIL, str(e).replace("\n", " "), f"fix {config_path}")], None
+    return [Check("config valid", OK, f"{config_path} ({type(cfg).__name__})")], cfg
+
+
+def check_weights(cfg: Any) -> list[Check]:
+    """Whether every weights file the config needs is on this machine: indoor filter, CLIP towers.
+
+    Nothing is downloaded: a URL counts as present when its file is in the download cache.
+    """
+    from graft.models.clip_tower import cached_weights
+
+    rows = []
+    specs = []
+    filt = getattr(cfg, "filter", None)
+    if filt is not None and filt.kind.startswith("resnet18"):
+        from graft.pipeline.indoor import cached_filter_weights
+
+        present, detail = cached_filter_weights(filt)
+        rows.append(Check("filter weights", OK if present else MISSING, detail,
+                          "download the weights where there is network and set filter.weights to the file, "
+                          "or use filter.kind: clip / none"))
+    elif filt is not None and filt.kind == "clip":
+        specs.append(("filter.clip", filt.clip))
+    if getattr(cfg, "clip", None) is not None:
+        specs.append(("clip", cfg.clip))
+    for name, spec in specs:
+        present, detail = cached_weights(spec)
+        rows.append(Check(f"{name} weights", OK if present else MISSING, detail,
+                          f"fetch {spec.model} ({spec.pretrained}) once where there is network (it is cached), or "
+                          f"set {name}.pretrained to a local file / {name}.model to local-dir:DIR"))
+    return rows
 
 
 # --------------------------------------------------------------------------- individual checks
@@ -325,8 +377,16 @@ def probe_flickr(creds: tuple[str, str], timeout_s: float,
 def run_doctor(config: str | None = None, offline: bool = False, timeout_s: float = 10.0,
                ee_module: Any | None = None,
                flickr_factory: Callable[[str, str, float], Any] | None = None) -> list[Check]:
-    """Run every check the config needs; return the rows (nothing printed)."""
+    """Run every check the config needs; return the rows (nothing printed).
+
+    With a config: first the whole config is validated, then every weights file it needs is
+    looked for locally, then credentials, packages and services.
+    """
+    cfg_rows, cfg = check_config(config) if config else ([], None)
     services, rows, data = services_needed(config)
+    rows = cfg_rows + rows
+    if cfg is not None:
+        rows += check_weights(cfg)
     ee_cfg, cfg_rows = _earthengine_config(data)
     rows += cfg_rows
     rows += check_packages(services)

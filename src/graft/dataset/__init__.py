@@ -13,4 +13,6 @@ spells a member name (``tests/test_dataset_format.py`` checks that).
 - :mod:`graft.dataset.shards`: writing and reading tile and photo shards.
 - :mod:`graft.dataset.embeddings`: the ground-embedding cache (reading with the row/photo-id check,
   writing, a shard's cache state) and the one comparison of CLIP spec records.
+- :mod:`graft.dataset.band_stats`: per-band statistics of the tiles (``band_stats.json``), for
+  multispectral encoders.
 """

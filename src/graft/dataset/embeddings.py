@@ -27,6 +27,7 @@ from graft.dataset.members import (
     npy_load,
     split_member_name,
 )
+from graft.errors import GraftError
 
 # Every field of a spec record: a cache is reused only when all of them agree.
 SPEC_FIELDS = ("model", "pretrained", "fingerprint", "preprocess", "embed_dim")
@@ -37,7 +38,7 @@ SPEC_FIELDS = ("model", "pretrained", "fingerprint", "preprocess", "embed_dim")
 PORTABLE_SPEC_FIELDS = ("model", "pretrained", "embed_dim")
 
 
-class EmbeddingCacheError(RuntimeError):
+class EmbeddingCacheError(GraftError, RuntimeError):
     """A tile shard's embedding cache is missing, inconsistent, or made with another CLIP spec."""
 
 
@@ -50,13 +51,15 @@ def cache_spec_mismatch(cached: dict[str, Any] | None, want: dict[str, Any], por
         want: the spec record of the tower in use.
         portable: compare only :data:`PORTABLE_SPEC_FIELDS`, and only those both records have (an
             empty ``cached`` record then matches): for records that may come from another machine.
-            Otherwise every field of :data:`SPEC_FIELDS` must be equal.
+            Otherwise every field of :data:`SPEC_FIELDS` that ``want`` holds must be equal (all of
+            them for a full spec record; a partial one, such as ``ClipSpec.weights_record()``, lets
+            the trainer check a cache before it loads the tower).
     """
     cached = spec_part(cached or {})
     if portable:
         fields = [k for k in PORTABLE_SPEC_FIELDS if k in cached and k in want]
     else:
-        fields = list(SPEC_FIELDS)
+        fields = [k for k in SPEC_FIELDS if k in want]
     diffs = [k for k in fields if cached.get(k) != want.get(k)]
     if not diffs:
         return None

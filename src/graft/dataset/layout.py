@@ -3,8 +3,9 @@
 ```
 DATASET/
   manifest.parquet        one row per kept ground photo
-  tiles/tiles-PPPPP.tar   tile shard of partition PPPPP
-  photos/photos-PPPPP.tar the same partition's photos, in tile order
+  tiles/tiles-PPPPP.tar   first tile shard of partition PPPPP (build.shard_max_tiles tiles at most)
+  tiles/tiles-PPPPP-SSS.tar  its further shards, SSS = 001, 002...
+  photos/photos-PPPPP[-SSS].tar the same shard's photos, in tile order
   parts/part-PPPPP/       the partition's manifest part, tile table and stats (its completion marker)
 ```
 """
@@ -22,13 +23,18 @@ WRITTEN_DIRS = ("", PARTS_DIR, TILES_DIR, PHOTOS_DIR)
 TILE_SHARDS_GLOB = f"{TILES_DIR}/tiles-*.tar"
 PHOTO_SHARDS_GLOB = f"{PHOTOS_DIR}/photos-*.tar"
 
-_TILE_SHARD_RE = re.compile(r"tiles-(\d+)\.tar")
+_TILE_SHARD_RE = re.compile(r"tiles-(\d+(?:-\d+)?)\.tar")
 _PART_RE = re.compile(r"part-(\d+)")
 
 
-def shard_names(partition: int) -> tuple[str, str]:
-    """Relative paths of a partition's (tile shard, photo shard) inside the dataset folder."""
-    return f"{TILES_DIR}/tiles-{partition:05d}.tar", f"{PHOTOS_DIR}/photos-{partition:05d}.tar"
+def shard_names(partition: int, index: int = 0) -> tuple[str, str]:
+    """Relative paths of a partition's ``index``-th (tile shard, photo shard) inside the dataset folder.
+
+    The first keeps the plain ``tiles-PPPPP.tar`` name, so a partition of one shard (every
+    partition of a small build) is named as before bounded shards existed.
+    """
+    suffix = f"{partition:05d}" if index == 0 else f"{partition:05d}-{index:03d}"
+    return f"{TILES_DIR}/tiles-{suffix}.tar", f"{PHOTOS_DIR}/photos-{suffix}.tar"
 
 
 def tile_shards(dataset: str | os.PathLike) -> list[Path]:
@@ -41,7 +47,7 @@ def photo_shard_for(tile_shard: str | os.PathLike) -> Path:
     tile_shard = Path(tile_shard)
     m = _TILE_SHARD_RE.fullmatch(tile_shard.name)
     if not m:
-        raise ValueError(f"{tile_shard} is not a tile shard name (expected tiles-PPPPP.tar)")
+        raise ValueError(f"{tile_shard} is not a tile shard name (expected tiles-PPPPP.tar or tiles-PPPPP-SSS.tar)")
     return tile_shard.parent.parent / PHOTOS_DIR / f"photos-{m.group(1)}.tar"
 
 

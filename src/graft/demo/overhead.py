@@ -152,8 +152,18 @@ _OVERHEAD = {"water": _top_water, "forest": _top_forest, "farmland": _top_farmla
              "desert": _top_desert, "snow": _top_snow}
 
 
-def render_overhead(rng: np.random.Generator, labels: np.ndarray, cell_id: np.ndarray, n_cells: int) -> np.ndarray:
-    """(H, W, 3) uint8 overhead mosaic: each class painted with its texture, varied per land-cover cell."""
+# Near-infrared level of each class in the multispectral variant (uint8): healthy canopy reflects NIR
+# strongly, water absorbs it, dry bare parcels and pavement sit in between, snow and sand are bright.
+NIR_LEVEL = {"water": 14, "forest": 196, "farmland": 72, "city": 96, "desert": 150, "snow": 170}
+
+
+def render_overhead(rng: np.random.Generator, labels: np.ndarray, cell_id: np.ndarray, n_cells: int,
+                    lookalike: tuple[str, str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, 3) uint8 overhead mosaic: each class painted with its texture, varied per land-cover cell.
+
+    With ``lookalike = (a, b)`` class ``b`` is painted with class ``a``'s texture, and the (H, W) uint8
+    near-infrared band is returned too (else None).
+    """
     shape = labels.shape
     low, mid, fine = (_smooth_noise(rng, shape, s) for s in (180.0, 24.0, 2.5))
     grain = rng.standard_normal(shape, dtype=np.float32)
@@ -161,6 +171,7 @@ def render_overhead(rng: np.random.Generator, labels: np.ndarray, cell_id: np.nd
     angle = rng.uniform(0, np.pi, n_cells).astype(np.float32)
     scale = rng.uniform(0.8, 1.25, n_cells).astype(np.float32)
     out = np.empty(shape + (3,), dtype=np.uint8)
+    look = dict([lookalike[::-1]]) if lookalike else {}  # class -> class whose overhead look it takes
     for k, name in enumerate(CLASSES):
         ys, xs = np.nonzero(labels == k)
         if ys.size == 0:
@@ -168,6 +179,11 @@ def render_overhead(rng: np.random.Generator, labels: np.ndarray, cell_id: np.nd
         c = cell_id[ys, xs]
         px = _Pixels(y=ys.astype(np.float32), x=xs.astype(np.float32), cell=c, low=low[ys, xs], mid=mid[ys, xs],
                      fine=fine[ys, xs], grain=grain[ys, xs], tint=tint[c], angle=angle[c], scale=scale[c])
-        out[ys, xs] = np.clip(_OVERHEAD[name](px), 0, 255).round().astype(np.uint8)
-    return out
-
+        out[ys, xs] = np.clip(_OVERHEAD[look.get(name, name)](px), 0, 255).round().astype(np.uint8)
+    if lookalike is None:
+        return out, None
+    # The NIR texture reuses the fields already drawn, so the RGB stream (and every other class's pixels) is
+    # the RGB world's.
+    level = np.asarray([NIR_LEVEL[c] for c in CLASSES], dtype=np.float32)[labels]
+    nir = level + 10.0 * mid + 6.0 * low + 3.0 * grain
+    return out, np.clip(nir, 0, 255).round().astype(np.uint8)

@@ -9,9 +9,10 @@ Every stage is the product's own code, called as a user would call it:
    GeoTIFF source -> shards + manifest + geographic split;
 4. cache the ground embeddings (``graft embed``);
 5. train the image-level and pixel-level encoders (they never see text);
-6. cut held-out tiles from the test blocks (EuroSAT layout + a segmentation set) and
-   evaluate zero-shot classification, retrieval, segmentation, probes and alignment,
-   each beside the teacher applied directly to the tiles;
+6. cut held-out tiles from the test blocks (EuroSAT layout, a segmentation set and an
+   RSVQA-format question set) and evaluate zero-shot classification, retrieval,
+   segmentation, probes, alignment and VQA, each beside the teacher applied directly
+   to the tiles;
 7. export the image-level model to an open_clip ``local-dir:`` folder;
 8. write ``report.md`` / ``report.json`` with the wall time of every stage.
 """
@@ -51,6 +52,7 @@ class DemoPlan:
     batch_size: int
     heldout_per_class: int
     seg_tiles: int
+    vqa_tiles: int
 
     @classmethod
     def full(cls, seed: int = 0) -> DemoPlan:
@@ -58,7 +60,7 @@ class DemoPlan:
 
         return cls(world=WorldConfig(seed=seed), teacher_steps=500, teacher_batch=128, filter_epochs=3,
                    tile_factor=1.5, block_km=2.5, image_steps=400, pixel_steps=400, batch_size=32,
-                   heldout_per_class=60, seg_tiles=120)
+                   heldout_per_class=60, seg_tiles=120, vqa_tiles=120)
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoPlan:
@@ -66,7 +68,7 @@ class DemoPlan:
 
         return cls(world=WorldConfig.quick(seed=seed), teacher_steps=140, teacher_batch=96, filter_epochs=2,
                    tile_factor=1.5, block_km=2.0, image_steps=80, pixel_steps=80, batch_size=24,
-                   heldout_per_class=20, seg_tiles=30)
+                   heldout_per_class=20, seg_tiles=30, vqa_tiles=30)
 
 
 class _Stages:
@@ -111,6 +113,45 @@ def _world_bbox(world) -> list[float]:
     n = world.grid.size
     lat, lon = world.grid.latlon_of(np.array([0, 0, n, n]), np.array([0, n, 0, n]))
     return [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
+
+
+def demo_build_config(out: Path, world, filter_weights: Path, bbox: list[float], tile_size: int, block_km: float,
+                      seed: int, geotiff: dict[str, Any] | None = None):
+    """The demo's dataset build: the world's photo folder, the fitted indoor filter, tiles cut from its map.
+
+    ``geotiff`` adds keys to the GeoTIFF source's config (the multispectral demo names four bands).
+    """
+    from graft.pipeline.build import BuildConfig
+
+    return validate(BuildConfig, {
+        "out_dir": str(out / "dataset"),
+        "region": {"bbox": bbox, "block_km": block_km},
+        "ground": {"kind": "folder", "folder": {"root": str(world.photos_dir)}, "max_per_tile": 25,
+                   "require_date": True, "short_side": world.config.photo_px},
+        "filter": {"kind": "resnet18-binary", "weights": str(filter_weights), "decision": "threshold",
+                   "threshold": 0.5, "image_size": 64},
+        "satellite": {"kind": "geotiff", "geotiff": {"paths": [str(world.map_path)], "gsd": world.config.gsd,
+                                                     "size": tile_size, **(geotiff or {})}},
+        "split": {"train": 0.7, "val": 0.1, "test": 0.2, "seed": seed},
+        "seed": seed,
+    }, source="demo build config")
+
+
+def demo_train_config(run_dir: Path, teacher, dataset: Path, kind: str, steps: int, lr: float, batch_size: int,
+                      seed: int, bands: list[str] | None = None, extra_bands_lr_scale: float = 1.0):
+    """The demo's training run of one encoder (``bands``: a multispectral encoder's band list)."""
+    from graft.training.config import TrainConfig
+
+    return validate(TrainConfig, {
+        "run_dir": str(run_dir),
+        "clip": teacher.model_dump(),
+        "model": {"kind": kind, "bands": bands},
+        "optim": {"lr": lr, "warmup_steps": max(steps // 10, 1), "weight_decay": 0.01,
+                  "extra_bands_lr_scale": extra_bands_lr_scale},
+        "data": {"dataset": str(dataset), "batch_size": batch_size, "workers": 1, "shuffle_buffer": 64},
+        "train": {"max_steps": steps, "ckpt_every": steps, "log_every": 25, "precision": "fp32",
+                  "seed": seed, "device": "cpu"},
+    }, source=f"demo {kind}-level training config")
 
 
 def write_heldout_sets(world, out: Path, size: int, allowed: np.ndarray, per_class: int, seg_tiles: int,
@@ -165,14 +206,14 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     import torch
 
     from graft.demo.teacher import train_teacher
+    from graft.demo.vqa_set import write_heldout_vqa
     from graft.demo.world import generate_world
     from graft.evaluation import report as rep
     from graft.evaluation.export import export_checkpoint
     from graft.evaluation.run import EvalConfig, evaluate
     from graft.models.clip_tower import load_clip
-    from graft.pipeline.build import BuildConfig, build_dataset
+    from graft.pipeline.build import build_dataset
     from graft.pipeline.embed import embed_dataset
-    from graft.training.config import TrainConfig
     from graft.training.indoor_filter import train_binary_filter
     from graft.training.trainer import train
 
@@ -199,18 +240,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
         train_binary_filter(world.filter_train_dir, filt, epochs=plan.filter_epochs, batch_size=32,
                             image_size=64, lr=1e-3, init=None, seed=seed)
         bbox = _world_bbox(world)
-        build_cfg = validate(BuildConfig, {
-            "out_dir": str(out / "dataset"),
-            "region": {"bbox": bbox, "block_km": plan.block_km},
-            "ground": {"kind": "folder", "folder": {"root": str(world.photos_dir)}, "max_per_tile": 25,
-                       "require_date": True, "short_side": world.config.photo_px},
-            "filter": {"kind": "resnet18-binary", "weights": str(filt), "decision": "threshold",
-                       "threshold": 0.5, "image_size": 64},
-            "satellite": {"kind": "geotiff", "geotiff": {"paths": [str(world.map_path)],
-                                                         "gsd": world.config.gsd, "size": tile_size}},
-            "split": {"train": 0.7, "val": 0.1, "test": 0.2, "seed": seed},
-            "seed": seed,
-        }, source="demo build config")
+        build_cfg = demo_build_config(out, world, filt, bbox, tile_size, plan.block_km, seed)
         build = build_dataset(build_cfg)
 
     with stage("embed", "caching teacher embeddings of every kept ground photo"):
@@ -219,22 +249,15 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     runs = {}
     with stage("train", "training the image- and pixel-level satellite encoders (no text involved)"):
         for kind, steps, lr in (("image", plan.image_steps, 3e-4), ("pixel", plan.pixel_steps, 3e-4)):
-            cfg = validate(TrainConfig, {
-                "run_dir": str(out / f"train-{kind}"),
-                "clip": teacher.model_dump(),
-                "model": {"kind": kind},
-                "optim": {"lr": lr, "warmup_steps": max(steps // 10, 1), "weight_decay": 0.01},
-                "data": {"dataset": str(out / "dataset"), "batch_size": plan.batch_size, "workers": 1,
-                         "shuffle_buffer": 64},
-                "train": {"max_steps": steps, "ckpt_every": steps, "log_every": 25, "precision": "fp32",
-                          "seed": seed, "device": "cpu"},
-            }, source=f"demo {kind}-level training config")
+            cfg = demo_train_config(out / f"train-{kind}", teacher, out / "dataset", kind, steps, lr,
+                                    plan.batch_size, seed)
             runs[kind] = train(cfg, resume="latest")
 
     with stage("eval", "evaluating on held-out geographic blocks, beside the teacher applied directly"):
         allowed = _test_block_mask(world, out / "dataset", plan.block_km, bbox)
         cls_root, seg_root = write_heldout_sets(world, out, input_size, allowed, plan.heldout_per_class,
                                                 plan.seg_tiles, seed)
+        vqa_root = write_heldout_vqa(world, out, input_size, allowed, plan.vqa_tiles, seed)
         eval_cfg = validate(EvalConfig, {
             "models": [{"name": "graft-image", "checkpoint": str(out / "train-image")},
                        {"name": "graft-pixel", "checkpoint": str(out / "train-pixel")}],
@@ -244,7 +267,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
                  "tasks": ["zeroshot", "retrieval", "knn", "linear_probe"], "templates": ZERO_SHOT_TEMPLATES},
                 {"name": "heldout-seg", "type": "segmentation", "root": str(seg_root)},
                 {"name": "test-pairs", "type": "graft_pairs", "root": str(out / "dataset"), "pairs_split": "test"},
+                {"name": "heldout-vqa", "type": "rsvqa", "root": str(vqa_root), "gsd": world.config.gsd},
             ],
+            # The questions' own concepts are every land-cover class of the world: nothing else to compete with.
+            "vqa": {"background": []},
             "out_dir": str(out / "eval"),
             "device": "cpu",
             "workers": 0,
@@ -293,6 +319,8 @@ HEADLINE = [
     ("kNN (k=20) accuracy", "knn", "heldout", "top1", "graft-image"),
     ("linear probe accuracy", "linear_probe", "heldout", "top1", "graft-image"),
     ("alignment (mutual kNN, test pairs)", "alignment", "test-pairs", "mutual_knn@10", "graft-image"),
+    ("VQA overall accuracy (RSVQA-format, held-out tiles)", "vqa", "heldout-vqa", "overall_accuracy", "graft-pixel"),
+    ("VQA presence accuracy", "vqa", "heldout-vqa", "accuracy[presence]", "graft-pixel"),
 ]
 
 
@@ -322,10 +350,3 @@ def render_report(doc: dict, report, out: Path) -> str:
         "## Wall time per stage (s)\n\n| stage | seconds |\n|---|---|\n" + wall + "\n\n"
         "## Plots\n\n" + "\n".join(f"- [{p}]({p})" for p in plots) + "\n"
     )
-
-
-def run_demo_command(args) -> int:
-    run_demo(args.out, quick=args.quick, seed=args.seed)
-    return 0
-
-

@@ -147,7 +147,15 @@ class World:
     def rgb(self) -> np.ndarray:
         """(H, W, 3) uint8 overhead mosaic."""
         with rasterio.open(self.map_path) as src:
-            return np.ascontiguousarray(src.read().transpose(1, 2, 0))
+            return np.ascontiguousarray(src.read([1, 2, 3]).transpose(1, 2, 0))
+
+    @cached_property
+    def nir(self) -> np.ndarray:
+        """(H, W) uint8 near-infrared band of the multispectral variant (``config.lookalike``)."""
+        if self.config.lookalike is None:
+            raise ValueError(f"{self.root} is the RGB world: it has no near-infrared band (set lookalike)")
+        with rasterio.open(self.map_path) as src:
+            return src.read(4)
 
     def label_at(self, lat, lon):
         """Class index at WGS84 points (scalars or arrays); :data:`OUTSIDE` (-1) off the map."""
@@ -286,11 +294,12 @@ def generate_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> World
     n = cfg.size_px
 
     labels, cell_id, n_cells = land_cover(map_rng, n, cfg.region_px)
-    rgb = render_overhead(map_rng, labels, cell_id, n_cells)
+    rgb, nir = render_overhead(map_rng, labels, cell_id, n_cells, cfg.lookalike)
     placements = _place_photos(place_rng, cfg, labels)
 
     with atomic_dir(root) as tmp:
-        _write_geotiff(tmp / "map.tif", rgb.transpose(2, 0, 1), grid)
+        bands = rgb.transpose(2, 0, 1) if nir is None else np.concatenate([rgb.transpose(2, 0, 1), nir[None]])
+        _write_geotiff(tmp / "map.tif", bands, grid)
         _write_geotiff(tmp / "labels.tif", labels[None], grid)
         (tmp / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
         photos = _write_photos(tmp, cfg, grid, labels, placements, render_seed)

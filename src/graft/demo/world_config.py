@@ -48,6 +48,11 @@ class WorldConfig:
         photo_px: side of the square ground photos, pixels.
         jpeg_quality: JPEG quality of the photos.
         filter_train_per_class: images in each of ``filter_train/indoor`` and ``filter_train/outdoor``.
+        lookalike: ``(a, b)`` makes the multispectral variant: class ``b`` is rendered from above
+            with class ``a``'s texture and palette, so the two look alike in RGB, and ``map.tif``
+            gains a near-infrared band (R, G, B, N) in which they differ
+            (:data:`graft.demo.overhead.NIR_LEVEL`). Their ground photos stay as different as ever.
+            None: the RGB world.
     """
 
     seed: int = 0
@@ -72,6 +77,7 @@ class WorldConfig:
     photo_px: int = 64
     jpeg_quality: int = 90
     filter_train_per_class: int = 150
+    lookalike: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> None:
@@ -105,6 +111,9 @@ class WorldConfig:
             bad("jpeg_quality", "between 1 and 100")
         if self.filter_train_per_class < 1:
             bad("filter_train_per_class", "at least 1")
+        if self.lookalike is not None and (len(self.lookalike) != 2 or len(set(self.lookalike)) != 2
+                                           or any(c not in CLASSES for c in self.lookalike)):
+            bad("lookalike", f"two different classes of {CLASSES}")
 
     @classmethod
     def quick(cls, seed: int = 0) -> WorldConfig:

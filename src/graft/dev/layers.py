@@ -22,6 +22,9 @@ models         ``models/``, ``losses.py``: CLIP tower, satellite      foundation
 pipeline       ``pipeline/``: build and embed the dataset             foundation, sources, dataset, models
 evaluation     ``evaluation/``: tasks, benchmark sets, reports,       foundation, dataset, models
                export
+model_apps     ``vqa/``, ``mapsearch/``: ``graft vqa``, ``graft map``,  foundation, dataset, models, evaluation
+               apps on a trained model (beside evaluation, never
+               training)
 training       ``training/``: every training loop                     foundation, dataset, models, pipeline,
                                                                       evaluation
 demo           ``demo/``: the synthetic world and ``graft demo``      everything below
@@ -52,19 +55,20 @@ from pathlib import Path
 
 UNITS: dict[str, tuple[str, ...]] = {
     "foundation": ("graft", "graft.config", "graft.credentials", "graft.storage", "graft.geometry",
-                   "graft.imagery", "graft.rejections"),
+                   "graft.imagery", "graft.rejections", "graft.errors", "graft.embedding_metrics"),
     "sources": ("graft.sources",),
     "dataset": ("graft.dataset",),
     "models": ("graft.models", "graft.losses"),
     "pipeline": ("graft.pipeline",),
     "evaluation": ("graft.evaluation",),
     "training": ("graft.training",),
+    "model_apps": ("graft.vqa", "graft.mapsearch"),
     "demo": ("graft.demo",),
     "apps": ("graft.cli", "graft.doctor"),
     "dev": ("graft.dev",),
 }
 
-_BELOW_DEMO = {"foundation", "sources", "dataset", "models", "pipeline", "evaluation", "training"}
+_BELOW_DEMO = {"foundation", "sources", "dataset", "models", "pipeline", "evaluation", "training", "model_apps"}
 MAY_IMPORT: dict[str, set[str]] = {
     "foundation": set(),
     "sources": {"foundation"},
@@ -73,6 +77,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "pipeline": {"foundation", "sources", "dataset", "models"},
     "evaluation": {"foundation", "dataset", "models"},
     "training": {"foundation", "dataset", "models", "pipeline", "evaluation"},
+    # Applications on a trained model (VQA, map search) sit beside evaluation and use it, never training.
+    "model_apps": {"foundation", "dataset", "models", "evaluation"},
     "demo": set(_BELOW_DEMO),
     "apps": _BELOW_DEMO | {"demo"},
     "dev": {"foundation"},

@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# Shared with the trainer's validation signal, so it lives below both (training and evaluation are peers).
+from graft.embedding_metrics import mutual_knn_alignment  # noqa: F401 - re-exported for evaluation callers
+
 
 def _as_2d_float(x: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
@@ -225,41 +228,3 @@ def segmentation_metrics(conf: np.ndarray) -> dict[str, float | np.ndarray]:
         raise ValueError("segmentation_metrics: the confusion matrix is empty (every pixel ignored?)")
     iou = iou_per_class(conf)
     return {"miou": float(np.nanmean(iou)), "pixel_acc": float(np.trace(conf) / total), "iou_per_class": iou}
-
-
-def _knn_indices(x: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-    """Indices of the k nearest neighbours of every row by cosine similarity, self excluded. (N, k)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError("mutual kNN: an embedding is all zeros (cosine similarity undefined)")
-    x = x / norms
-    n = x.shape[0]
-    out = np.empty((n, k), dtype=np.int64)
-    # Row blocks keep memory at chunk x N instead of N x N.
-    for start in range(0, n, chunk):
-        sims = x[start:start + chunk] @ x.T
-        rows = np.arange(sims.shape[0])
-        sims[rows, start + rows] = -np.inf
-        out[start:start + chunk] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    return out
-
-
-def mutual_knn_alignment(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
-    """Mutual k-nearest-neighbour alignment of paired embeddings ``a[i] <-> b[i]`` in [0, 1].
-
-    Args:
-        a: (N, Da) embeddings of one modality.
-        b: (N, Db) embeddings of the other; row i is paired with ``a[i]``. Dims may differ.
-        k: neighbourhood size; needs N > k.
-    """
-    a = np.asarray(a)
-    b = np.asarray(b)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
-        raise ValueError(f"a and b must be (N, D) with the same N, got {a.shape} and {b.shape}")
-    n = a.shape[0]
-    if k < 1 or n <= k:
-        raise ValueError(f"mutual kNN needs 1 <= k < N; got k={k}, N={n} (evaluate more pairs or lower k)")
-    na, nb = _knn_indices(a, k), _knn_indices(b, k)
-    overlap = [np.intersect1d(na[i], nb[i], assume_unique=True).size for i in range(n)]
-    return float(np.mean(overlap) / k)

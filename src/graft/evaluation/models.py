@@ -19,16 +19,17 @@ untrained), which for frozen CLIP is the standard dense baseline.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graft.imagery import BandNorm, tile_to_channels
 from graft.models.clip_tower import ClipSpec, load_clip, spec_record
 from graft.models.satellite import PixelLevelEncoder
 
@@ -68,6 +69,8 @@ class LoadedModel:
         preprocess_cfg: ``{"size", "mean", "std", "interpolation", ...}`` (open_clip's preprocess config).
         clip_record: spec record of the CLIP tower whose text/ground space the model lives in.
         patch_source: ``trained`` (a pixel-level head) or ``clip_patch_tokens``.
+        band_norm: a multispectral model's bands and their normalisation; None for an RGB model
+            (it reads images' R, G, B through ``preprocess``).
     """
 
     name: str
@@ -80,6 +83,31 @@ class LoadedModel:
     patch_source: str
     _patch_factory: Callable[[], PixelLevelEncoder]
     _patch: PixelLevelEncoder | None = None
+    band_norm: BandNorm | None = None
+
+    def tile_input(self, array: np.ndarray, tile_bands: Sequence[str] | None) -> torch.Tensor:
+        """A (bands, H, W) tile or benchmark image -> the model's normalised (C, size, size) input.
+
+        A multispectral model reads its band list (R, G, B stretched as for RGB, further bands in the
+        file's units) with the normalisation it was trained with; an RGB model reads the image's R, G, B
+        with CLIP's. The image is resized (shorter side, bicubic, antialiased) and centre-cropped to the
+        model's input size, as CLIP's preprocessing does.
+
+        Raises:
+            graft.imagery.BandError: the image lacks a band the model reads.
+        """
+        norm = self.band_norm
+        channels = tile_to_channels(array, tile_bands, norm.bands if norm else None)
+        x = torch.from_numpy(channels)
+        size = int(self.preprocess_cfg["size"])
+        if x.shape[-2:] != (size, size):
+            from torchvision.transforms.v2 import functional as TF
+
+            x = TF.center_crop(TF.resize(x, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True),
+                               [size, size])
+        mean = norm.mean if norm else self.preprocess_cfg["mean"]
+        std = norm.std if norm else self.preprocess_cfg["std"]
+        return (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
 
     def patch_encoder(self) -> PixelLevelEncoder:
         """The (B, P, D) patch encoder, built on first use (copying a ViT is not free)."""
@@ -109,9 +137,10 @@ def _preprocess_cfg(clip_model: nn.Module) -> dict[str, Any]:
 
 def load_checkpoint_model(name: str, checkpoint: str | Path, device: str = "cpu") -> LoadedModel:
     """A training checkpoint (or run folder: its newest valid checkpoint)."""
-    from graft.models.checkpoint import load_encoder
+    from graft.models.checkpoint import band_norm_of, load_encoder
 
     encoder, bundle, meta = load_encoder(checkpoint, device=device)
+    norm = band_norm_of(meta)
     bundle.model.eval()
     model = GraftClipModel(encoder, bundle.model).eval()
     if meta["kind"] == "pixel":
@@ -122,19 +151,21 @@ def load_checkpoint_model(name: str, checkpoint: str | Path, device: str = "cpu"
         name=name, model=model, tokenizer=bundle.tokenizer, preprocess=bundle.preprocess,
         preprocess_cfg=_preprocess_cfg(bundle.model), clip_record=spec_record(bundle),
         description=f"{meta['kind']}-level checkpoint {checkpoint} (step {meta.get('step')}), "
-        f"text tower {bundle.spec.model} (pretrained={bundle.spec.pretrained})",
-        patch_source=source, _patch_factory=factory,
+        f"text tower {bundle.spec.model} (pretrained={bundle.spec.pretrained})"
+        + (f", bands {', '.join(norm.bands)}" if norm else ""),
+        patch_source=source, _patch_factory=factory, band_norm=norm,
     )
 
 
 def load_export_model(name: str, export_dir: str | Path, device: str = "cpu") -> LoadedModel:
     """A ``graft export`` folder, loaded through open_clip's ``local-dir:`` path."""
-    from graft.evaluation.export import EXPORT_INFO, PROJECTOR_FILE, load_pixel_model
+    from graft.evaluation.export import PROJECTOR_FILE, load_pixel_model, read_export_info
 
     export_dir = Path(export_dir)
+    info = read_export_info(export_dir)
+    if info.get("bands"):
+        return _load_multispectral_export_model(name, export_dir, info, device)
     bundle = load_clip(ClipSpec(model=f"local-dir:{export_dir}", pretrained=None), device=device)
-    info_file = export_dir / EXPORT_INFO
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if (export_dir / PROJECTOR_FILE).is_file():
         factory, source = (lambda: load_pixel_model(export_dir, device=device)), "trained"
     else:
@@ -147,6 +178,23 @@ def load_export_model(name: str, export_dir: str | Path, device: str = "cpu") ->
         clip_record=info.get("base_clip_record", spec_record(bundle)),
         description=f"export {export_dir} ({info.get('kind', 'unknown')}-level)",
         patch_source=source, _patch_factory=factory,
+    )
+
+
+def _load_multispectral_export_model(name: str, export_dir: Path, info: dict[str, Any], device: str) -> LoadedModel:
+    from graft.evaluation.export import PROJECTOR_FILE, load_multispectral_export, load_pixel_model
+
+    loaded = load_multispectral_export(export_dir, device=device)
+    if (export_dir / PROJECTOR_FILE).is_file():
+        factory, source = (lambda: load_pixel_model(export_dir, device=device)), "trained"
+    else:
+        factory, source = _patch_from_visual(loaded.model.visual), "clip_patch_tokens"
+    return LoadedModel(
+        name=name, model=loaded.model, tokenizer=loaded.tokenizer, preprocess=None,
+        preprocess_cfg=_preprocess_cfg(loaded.model), clip_record=info["base_clip_record"],
+        description=f"multispectral export {export_dir} ({info.get('kind')}-level, bands "
+        f"{', '.join(loaded.band_norm.bands)})",
+        patch_source=source, _patch_factory=factory, band_norm=loaded.band_norm,
     )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from graft.storage import atomic_path, atomic_write_json, atomic_write_text
 
-TASKS = ("zeroshot_classification", "retrieval", "segmentation", "knn", "linear_probe", "alignment")
+TASKS = ("zeroshot_classification", "retrieval", "segmentation", "knn", "linear_probe", "alignment", "vqa")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,8 +27,12 @@ from pydantic import Field, model_validator
 
 from graft.config import ConfigError, StrictModel, load_config, validate
 from graft.dataset.embeddings import cache_spec_mismatch
+from graft.errors import GraftError
 from graft.evaluation import report as rep
 from graft.evaluation.alignment import alignment_score
+from graft.evaluation.clip_benchmark_sets import DATASETS as CLIP_BENCHMARK_DATASETS
+from graft.evaluation.clip_benchmark_sets import SET_NAME as CLIP_BENCHMARK_SET
+from graft.evaluation.clip_benchmark_sets import PromptSet, clip_benchmark_prompts
 from graft.evaluation.datasets import (
     ALL_KINDS,
     MULTILABEL_KINDS,
@@ -58,21 +63,35 @@ from graft.models.clip_tower import ClipSpec
 
 log = logging.getLogger(__name__)
 
-TaskName = Literal["zeroshot", "retrieval", "segmentation", "knn", "linear_probe", "alignment"]
+
+
+class EvalIncomplete(GraftError):
+    """Some benchmarks failed after the models loaded; the report of the others was written."""
+
+
+TaskName = Literal["zeroshot", "retrieval", "segmentation", "knn", "linear_probe", "alignment", "vqa"]
 REPORT_TASK = {"zeroshot": "zeroshot_classification", "retrieval": "retrieval", "segmentation": "segmentation",
-               "knn": "knn", "linear_probe": "linear_probe", "alignment": "alignment"}
+               "knn": "knn", "linear_probe": "linear_probe", "alignment": "alignment", "vqa": "vqa"}
 _CLASSIFICATION_TASKS = ("zeroshot", "retrieval", "knn", "linear_probe")
 TASKS_BY_KIND: dict[str, tuple[str, ...]] = {
     **{k: _CLASSIFICATION_TASKS for k in ALL_KINDS if k not in ("segmentation", "graft_pairs")},
     "segmentation": ("segmentation",),
     "graft_pairs": ("alignment",),
+    "rsvqa": ("vqa",),
 }
-DEFAULT_TASKS = {"segmentation": ["segmentation"], "graft_pairs": ["alignment"]}
+DEFAULT_TASKS = {"segmentation": ["segmentation"], "graft_pairs": ["alignment"], "rsvqa": ["vqa"]}
 BASELINE_NAME = "baseline"
 
 
 class ModelEntry(StrictModel):
-    """One model to evaluate: exactly one of ``checkpoint``, ``export`` or ``clip``."""
+    """One model to evaluate: exactly one of ``checkpoint``, ``export`` or ``clip``.
+
+    Attributes:
+        name: the model's column in the report.
+        checkpoint: a checkpoint folder, or a run folder (its newest valid checkpoint).
+        export: a folder written by ``graft export``.
+        clip: any open_clip spec, evaluated frozen.
+    """
 
     name: str
     checkpoint: str | None = None  # checkpoint folder, or run folder (newest valid checkpoint)
@@ -88,22 +107,46 @@ class ModelEntry(StrictModel):
 
 
 class BenchmarkEntry(StrictModel):
-    """One benchmark and the tasks to run on it."""
+    """One benchmark and the tasks to run on it.
+
+    Attributes:
+        name: the benchmark's name in the report.
+        type: the dataset layout (eurosat, ucmerced, resisc45, aid, imagefolder, csv_multilabel,
+            bigearthnet, segmentation, graft_pairs).
+        root: the folder holding it (nothing is downloaded).
+        tasks: tasks to run; default zeroshot + retrieval (segmentation / alignment for those types).
+        classnames: prompt names in class order; override classnames.txt.
+        templates: template sets ({name: [templates with {}]}); override templates.txt and the defaults.
+        rgb_bands: 1-based bands of multi-band TIFFs used as R, G, B.
+        csv: multi-label sets: the CSV file name under root.
+        splits: ImageFolder sets: {split: file listing its images}.
+        eval_split: split scored by zero-shot, retrieval and probes when the set has splits.
+        train_split: split the probes train on when the set has splits.
+        pairs_split: graft_pairs: which split's tiles to use.
+        max_images: a seeded random subset of this many images, for quick runs.
+    """
 
     name: str
-    type: Literal["eurosat", "ucmerced", "resisc45", "aid", "imagefolder", "csv_multilabel", "bigearthnet",
-                  "segmentation", "graft_pairs"]
+    type: Literal["eurosat", "eurosat_ms", "ucmerced", "resisc45", "aid", "imagefolder", "csv_multilabel",
+                  "bigearthnet", "bigearthnet_s2", "segmentation", "graft_pairs", "rsvqa"]
     root: str
     tasks: list[TaskName] | None = None  # default: zeroshot + retrieval / segmentation / alignment
     classnames: list[str] | None = None  # prompt names in class order; overrides classnames.txt
-    templates: dict[str, list[str]] | None = None  # template sets; override templates.txt and the defaults
+    # Template sets: a mapping {name: templates} overrides templates.txt and the defaults; a name or list of names
+    # picks sets: the config's own (ground, satellite, ...) or 'clip_benchmark' (CLIP_benchmark's prompts).
+    templates: dict[str, list[str]] | list[str] | str | None = None
     rgb_bands: list[int] | None = None  # 1-based bands of multi-band TIFFs used as R, G, B
+    bands: list[str] | None = None  # names of multi-band TIFFs' bands in file order (multispectral models)
     csv: str = "labels.csv"  # multi-label sets: CSV file name under root
     splits: dict[str, str] | None = None  # ImageFolder sets: {split: file listing its images}
     eval_split: str = "test"  # split scored by zero-shot/retrieval/probes when the set has splits
     train_split: str = "train"  # split the probes train on when the set has splits
     pairs_split: str = "test"  # graft_pairs: which split's tiles to use
     max_images: int | None = Field(default=None, ge=1)  # seeded random subset, for quick runs
+    gsd: float | None = Field(default=None, gt=0, description="rsvqa: metres per pixel of the images "
+                              "(default: LR 10, HR 0.15)")
+    rsvqa_variant: Literal["lr", "hr"] | None = Field(default=None, description="rsvqa: RSVQA-LR or -HR layout; "
+                                                     "detected from the file names if omitted")
 
     @model_validator(mode="after")
     def _tasks_fit_type(self) -> BenchmarkEntry:
@@ -113,13 +156,33 @@ class BenchmarkEntry(StrictModel):
         bad = [t for t in self.tasks if t not in allowed]
         if bad:
             raise ValueError(f"benchmark {self.name!r} ({self.type}) cannot run {bad}; allowed: {list(allowed)}")
-        if self.splits and self.type in (*MULTILABEL_KINDS, "segmentation", "graft_pairs"):
+        if isinstance(self.templates, str):
+            self.templates = [self.templates]
+        if isinstance(self.templates, list) and CLIP_BENCHMARK_SET in self.templates \
+                and self.type not in CLIP_BENCHMARK_DATASETS:
+            raise ValueError(f"benchmark {self.name!r} ({self.type}): CLIP_benchmark has no template set for it; "
+                             f"'templates: {CLIP_BENCHMARK_SET}' covers types {sorted(CLIP_BENCHMARK_DATASETS)}")
+        if self.splits and self.type in (*MULTILABEL_KINDS, "segmentation", "graft_pairs", "rsvqa"):
             raise ValueError(f"benchmark {self.name!r}: 'splits' files are for ImageFolder sets; multi-label CSVs "
                              "carry a 'split' column instead")
         return self
 
 
 class RetrievalSettings(StrictModel):
+    """Text-to-image retrieval.
+
+    Attributes:
+        index: ``flat`` (exact), ``ivf`` or ``hnsw`` (faiss, for millions of images).
+        depth: images retrieved per query; None ranks them all.
+        nlist: ivf lists (default about 4 sqrt(N)).
+        nprobe: ivf lists searched per query.
+        hnsw_m: hnsw graph degree.
+        ef_search: hnsw search breadth.
+        precision_at: the k of the precision@k metrics.
+        grid_queries: rows (queries) of the retrieval plot.
+        grid_top: tiles per row of the retrieval plot.
+    """
+
     index: Literal["flat", "ivf", "hnsw"] = "flat"
     depth: int | None = Field(default=None, ge=1)  # images retrieved per query; None = rank all
     nlist: int | None = Field(default=None, ge=1)  # ivf lists (default ~4 sqrt(N))
@@ -132,6 +195,19 @@ class RetrievalSettings(StrictModel):
 
 
 class ProbeSettings(StrictModel):
+    """kNN and linear probes on frozen image features.
+
+    Attributes:
+        knn_k: neighbours of the kNN probe.
+        knn_vote: ``weighted`` (by similarity) or ``majority``.
+        knn_temperature: temperature of the weighted vote.
+        linear_c: inverse regularisation of the logistic regression; several values are chosen
+            between on a seeded validation part of the training split.
+        linear_max_iter: solver iterations.
+        test_fraction: seeded test share when the set has no splits.
+        seed: seed of the splits.
+    """
+
     knn_k: int = Field(default=20, ge=1)
     knn_vote: Literal["weighted", "majority"] = "weighted"
     knn_temperature: float = Field(default=0.07, gt=0)
@@ -142,14 +218,81 @@ class ProbeSettings(StrictModel):
 
 
 class SegmentationSettings(StrictModel):
+    """Zero-shot segmentation.
+
+    Attributes:
+        sam_checkpoint: local SAM weights; enables refinement (needs the 'sam' extra).
+        sam_model_type: the SAM architecture of that checkpoint.
+        overlays: images in the overlay plot.
+        batch_size: images per forward pass.
+    """
+
     sam_checkpoint: str | None = None  # local SAM weights; enables refinement (needs the 'sam' extra)
     sam_model_type: str = "vit_h"
     overlays: int = Field(default=4, ge=0)  # images in the overlay plot
     batch_size: int = Field(default=8, ge=1)
 
 
+class ChatWriterSettings(StrictModel):
+    """An OpenAI-compatible chat-completions endpoint that writes VQA programs (graft.vqa.chat_writer)."""
+
+    url: str = Field(description="API base (http://127.0.0.1:8000/v1) or the full .../chat/completions URL")
+    model: str = Field(description="model name served at the endpoint")
+    api_key_env: str | None = Field(default=None, description="name of the environment variable holding the "
+                                    "key (never the key itself)")
+    timeout_s: float = Field(default=60.0, gt=0, description="seconds to wait for one answer")
+
+
+class VqaSettings(StrictModel):
+    """Zero-shot VQA as programs over the pixel-level model (graft.vqa; thresholds: see eval/README.md)."""
+
+    writer: Literal["rsvqa_parser", "chat"] = Field(
+        default="rsvqa_parser", description="who turns a question into a program: the built-in RSVQA template "
+        "parser, or a chat-completions endpoint (vqa.chat)")
+    chat: ChatWriterSettings | None = Field(default=None, description="the endpoint; required when writer: chat")
+    templates: list[str] = Field(default=["a photo of a {}."], description="prompt templates of a concept "
+                                 "('{}' = the concept)")
+    background: list[str] | None = Field(default=None, description="prompts every concept competes with for a "
+                                         "pixel; None: a generic land-cover list")
+    sam: bool = Field(default=False, description="refine concept masks with SAM (segmentation.sam_checkpoint)")
+    min_region_patches: float = Field(default=0.5, ge=0, description="regions smaller than this many patches "
+                                      "are dropped as upsampling artefacts")
+    small_max_m2: float = Field(default=100.0, gt=0, description="'small' regions are at most this area (m^2)")
+    large_min_m2: float = Field(default=1000.0, gt=0, description="'large' regions are at least this area (m^2)")
+    next_to_m: float = Field(default=1000.0, gt=0, description="'next to' means within this distance (m), "
+                             "as in RSVQA")
+
+    @model_validator(mode="after")
+    def _writer_configured(self) -> VqaSettings:
+        if self.writer == "chat" and self.chat is None:
+            raise ValueError("vqa.writer is 'chat' but vqa.chat (url, model, api_key_env) is not given")
+        if any("{}" not in t for t in self.templates) or not self.templates:
+            raise ValueError(f"vqa.templates: every template needs '{{}}' for the concept, got {self.templates}")
+        return self
+
+
 class EvalConfig(StrictModel):
-    """An evaluation suite: models x benchmarks x tasks."""
+    """An evaluation suite: models x benchmarks x tasks.
+
+    Attributes:
+        models: the models to evaluate.
+        baseline: the frozen CLIP baseline; default the CLIP tower of the first checkpoint/export.
+        include_baseline: evaluate the baseline beside the models.
+        benchmarks: the benchmarks and their tasks.
+        templates: default prompt template sets ({name: [templates with {}]}).
+        out_dir: where report.json, report.md and plots go.
+        batch_size: images per forward pass.
+        workers: image decoding workers.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
+        retrieval: retrieval settings.
+        probes: kNN and linear probe settings.
+        segmentation: segmentation settings.
+        alignment_k: neighbourhood of the mutual-kNN alignment (needs more pairs than this).
+        plots: write plots.
+        skip_missing: a benchmark not on disk is noted in the report and skipped instead of failing the run.
+        plot_templates: template set used for plots (default 'satellite' if present, else the first).
+        seed: seed of subsets (max_images).
+    """
 
     models: list[ModelEntry] = []
     baseline: ClipSpec | None = None  # default: the CLIP tower of the first checkpoint/export
@@ -163,6 +306,7 @@ class EvalConfig(StrictModel):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
+    vqa: VqaSettings = Field(default_factory=VqaSettings, description="zero-shot VQA settings (rsvqa benchmarks)")
     alignment_k: int = Field(default=10, ge=1)
     plots: bool = True
     skip_missing: bool = False  # a missing benchmark is noted in the report and skipped instead of failing the run
@@ -182,8 +326,15 @@ class EvalConfig(StrictModel):
         bnames = [b.name for b in self.benchmarks]
         if len(set(bnames)) != len(bnames):
             raise ValueError(f"benchmark names must be unique, got {bnames}")
+        for b in self.benchmarks:
+            unknown = [n for n in b.templates if n not in self.templates and n != CLIP_BENCHMARK_SET] \
+                if isinstance(b.templates, list) else []
+            if unknown:
+                raise ValueError(f"benchmarks.{b.name}.templates: no template set named {unknown[0]!r}; the config "
+                                 f"has {sorted(self.templates)}, plus {CLIP_BENCHMARK_SET!r}")
         for name, sets in [("templates", self.templates)] + [
-                (f"benchmarks.{b.name}.templates", b.templates) for b in self.benchmarks if b.templates]:
+                (f"benchmarks.{b.name}.templates", b.templates) for b in self.benchmarks
+                if isinstance(b.templates, dict)]:
             for sname, tpl in sets.items():
                 if not tpl or any("{}" not in t for t in tpl):
                     raise ValueError(f"{name}.{sname}: every template needs '{{}}' for the class name, got {tpl}")
@@ -238,27 +389,78 @@ def load_models(cfg: EvalConfig, device: str) -> list[LoadedModel]:
     return [m.to(device) for m in out]
 
 
+# Benchmark types that applications beside evaluation provide (graft.vqa's "rsvqa"). They are found
+# through the "graft.benchmarks" entry points, because the applications import evaluation and never the
+# other way round; another package can add a benchmark type the same way. An entry point names an object
+# with ``load(entry, seed)`` (the data set) and ``run(eval_run, entry, data, models)`` (adds report rows).
+APP_BENCHMARK_GROUP = "graft.benchmarks"
+APP_BENCHMARK_TYPES = ("rsvqa",)
+
+
+def app_benchmark(type_name: str) -> Any:
+    """The application that provides benchmark type ``type_name``, from the ``graft.benchmarks`` entry points."""
+    for ep in entry_points(group=APP_BENCHMARK_GROUP):
+        if ep.name == type_name:
+            return ep.load()
+    raise ConfigError(f"benchmark type {type_name!r} is provided by an application package registered under the "
+                      f"{APP_BENCHMARK_GROUP!r} entry points, and none is installed: reinstall graft "
+                      "(pip install -e .) so its entry points are registered")
+
+
 def _load_set(b: BenchmarkEntry, seed: int):
+    if b.type in APP_BENCHMARK_TYPES:
+        return app_benchmark(b.type).load(b, seed)
     data = load_benchmark(b.type, b.root, name=b.name, classnames=b.classnames, rgb_bands=b.rgb_bands,
-                          split_files=b.splits, csv_name=b.csv, pairs_split=b.pairs_split)
+                          split_files=b.splits, csv_name=b.csv, pairs_split=b.pairs_split, bands=b.bands)
     if not b.max_images or b.max_images >= len(data):
         return data
     keep = np.sort(np.random.default_rng(seed).choice(len(data), b.max_images, replace=False))
     return data.subset(keep)
 
 
-def _template_sets(b: BenchmarkEntry, data: Any, cfg: EvalConfig) -> dict[str, list[str]]:
-    if b.templates:
-        return b.templates
+def _template_sets(b: BenchmarkEntry, data: Any, cfg: EvalConfig) -> dict[str, PromptSet]:
+    """The prompt sets a benchmark runs with, by name (the name goes into the report's dataset field)."""
+    def own(templates: list[str], source: str) -> PromptSet:
+        return PromptSet(list(data.classnames), list(templates), source)
+
+    if isinstance(b.templates, dict):
+        return {n: own(t, "the benchmark's templates in the config") for n, t in b.templates.items()}
+    if isinstance(b.templates, list):
+        return {n: clip_benchmark_prompts(b.type, list(data.classes)) if n == CLIP_BENCHMARK_SET
+                else own(cfg.templates[n], "the config's templates") for n in b.templates}
     if getattr(data, "templates", None):
-        return {"custom": data.templates}
-    return cfg.templates
+        return {"custom": own(data.templates, "templates.txt")}
+    return {n: own(t, "the config's templates") for n, t in cfg.templates.items()}
 
 
-def _plot_set(sets: dict[str, list[str]], cfg: EvalConfig) -> str:
+def _note_prompt_sources(report: rep.Report, bench: str, sets: dict[str, PromptSet]) -> None:
+    for name, pset in sets.items():
+        if name == CLIP_BENCHMARK_SET:
+            report.notes.append(f"{bench}[{name}] prompts: {pset.source}")
+
+
+def _plot_set(sets: dict[str, Any], cfg: EvalConfig) -> str:
     if cfg.plot_templates and cfg.plot_templates in sets:
         return cfg.plot_templates
     return "satellite" if "satellite" in sets else next(iter(sets))
+
+
+def check_preconditions(b: BenchmarkEntry, data: Any, cfg: EvalConfig) -> None:
+    """The cheap checks of a loaded benchmark that would otherwise fail after the models ran.
+
+    Raises:
+        ConfigError: a split the config names is missing, or there are too few pairs for ``alignment_k``.
+    """
+    if isinstance(data, PairSet) and len(data) <= cfg.alignment_k:
+        raise ConfigError(f"benchmark {b.name}: alignment_k={cfg.alignment_k} needs more than {cfg.alignment_k} "
+                          f"tiles, {b.root} has {len(data)} in split {b.pairs_split!r}; lower alignment_k or "
+                          "use a larger split")
+    if isinstance(data, ClassificationSet) and data.splits is not None:
+        present = sorted(set(data.splits.tolist()) - {""})
+        if b.eval_split not in present:
+            raise ConfigError(f"benchmark {b.name}: eval_split {b.eval_split!r} not among its splits {present}")
+        if set(b.tasks) & {"knn", "linear_probe"} and b.train_split not in present:
+            raise ConfigError(f"benchmark {b.name}: train_split {b.train_split!r} not among {present}")
 
 
 class _Run:
@@ -283,7 +485,9 @@ class _Run:
                 self.report.notes.append(f"plot {fn.__name__} failed: {e}")
 
     def features(self, model: LoadedModel, data: Any, bench: str) -> Features:
-        loader = make_loader(data, model.preprocess, self.cfg.batch_size, self.cfg.workers)
+        # A multispectral model reads its bands from the set; an RGB model the set's R, G, B (read_rgb).
+        loader = make_loader(data, model.preprocess, self.cfg.batch_size, self.cfg.workers,
+                             band_input=model.tile_input if model.band_norm else None)
         with self.report.timer(f"features/{bench}"):
             feats = extract_image_features(model.model, loader, self.device, desc=f"{bench}: {model.name}")
         return feats
@@ -299,15 +503,11 @@ class _Run:
     def classification(self, b: BenchmarkEntry, data: ClassificationSet, models: list[LoadedModel]) -> None:
         tasks = set(b.tasks)
         tsets = _template_sets(b, data, self.cfg)
+        _note_prompt_sources(self.report, b.name, tsets)
         plot_set = _plot_set(tsets, self.cfg)
-        if data.splits is not None:
-            present = sorted(set(data.splits.tolist()) - {""})
-            if b.eval_split not in present:
-                raise ConfigError(f"benchmark {b.name}: eval_split {b.eval_split!r} not among its splits {present}")
+        if data.splits is not None:  # the splits were checked by check_preconditions
             needed = data.splits == b.eval_split
             if tasks & {"knn", "linear_probe"}:
-                if b.train_split not in present:
-                    raise ConfigError(f"benchmark {b.name}: train_split {b.train_split!r} not among {present}")
                 needed |= data.splits == b.train_split
             work = data.subset(np.nonzero(needed)[0])
         else:
@@ -323,9 +523,9 @@ class _Run:
                 eval_mask = work.splits[rows] == b.eval_split
             else:
                 eval_mask = np.ones(len(rows), dtype=bool)
-            for tname, templates in tsets.items():
+            for tname, pset in tsets.items():
                 dname = f"{b.name}[{tname}]"
-                weights = class_embeddings(model.model, model.tokenizer, work.classnames, templates, self.device)
+                weights = class_embeddings(model.model, model.tokenizer, pset.classnames, pset.templates, self.device)
                 if "zeroshot" in tasks:
                     with self.report.timer(f"zeroshot/{b.name}"):
                         res = zeroshot_from_features(x[eval_mask], weights, targets[eval_mask], work.multilabel)
@@ -416,8 +616,8 @@ class _Run:
             except TypeError as e:  # not a ViT: no patch tokens to score
                 self.report.notes.append(f"segmentation skipped for {model.name}: {e}")
                 continue
-            for tname, templates in tsets.items():
-                weights = class_embeddings(model.model, model.tokenizer, data.classnames, templates, self.device)
+            for tname, pset in tsets.items():
+                weights = class_embeddings(model.model, model.tokenizer, pset.classnames, pset.templates, self.device)
                 variants = [(f"{b.name}[{tname}]", None)]
                 if refiner is not None:
                     variants.append((f"{b.name}[{tname}+sam]", refiner))
@@ -470,8 +670,13 @@ def evaluate(cfg: EvalConfig | dict[str, Any]) -> dict[str, Any]:
     Args:
         cfg: a validated :class:`EvalConfig`, or a plain dict validated here (errors name each bad key).
 
+    Every benchmark's cheap preconditions (its files, splits, ``alignment_k`` against its pair count)
+    are checked before any model loads. A benchmark that still fails later is noted in the report
+    and in ``"failed"``, and the report of the others is written.
+
     Returns:
-        The contents of ``report.json`` plus ``"report_json"`` / ``"report_md"``: the written paths.
+        The contents of ``report.json`` plus ``"report_json"`` / ``"report_md"`` (the written paths) and
+        ``"failed"`` ({benchmark: error} for benchmarks that failed after the models loaded).
 
     Raises:
         DatasetNotFoundError: a benchmark root is missing or has the wrong layout; raised before any
@@ -495,28 +700,41 @@ def evaluate(cfg: EvalConfig | dict[str, Any]) -> dict[str, Any]:
                 report.notes.append(f"benchmark {b.name} skipped (skip_missing): {e}")
             else:
                 log.info("benchmark %s (%s): %d items from %s", b.name, b.type, len(sets[b.name]), b.root)
+                check_preconditions(b, sets[b.name], cfg)
     if not sets:
         raise DatasetNotFoundError("no benchmark of the config was found; see the notes above and eval/README.md")
+    for b in cfg.benchmarks:  # a missing clip_benchmark package or a foreign class folder fails before models load
+        if isinstance(sets.get(b.name), (ClassificationSet, SegmentationSet)):
+            _template_sets(b, sets[b.name], cfg)
     with report.timer("load_models"):
         models = load_models(cfg, device)
     for m in models:
         report.models[m.name] = f"{m.description}; segmentation patches: {m.patch_source}"
+    failed: dict[str, str] = {}
     for b in cfg.benchmarks:
         if b.name not in sets:
             continue
         data = sets[b.name]
         log.info("evaluating %s: %s", b.name, ", ".join(b.tasks))
-        if isinstance(data, ClassificationSet):
-            run.classification(b, data, models)
-        elif isinstance(data, SegmentationSet):
-            run.segmentation(b, data, models)
-        else:
-            run.alignment(b, data, models)
+        try:
+            if isinstance(data, ClassificationSet):
+                run.classification(b, data, models)
+            elif isinstance(data, SegmentationSet):
+                run.segmentation(b, data, models)
+            elif b.type in APP_BENCHMARK_TYPES:
+                app_benchmark(b.type).run(run, b, data, models)
+            else:
+                run.alignment(b, data, models)
+        except Exception as e:  # noqa: BLE001 - one benchmark's failure must not discard the others' results
+            log.error("benchmark %s failed: %s: %s", b.name, type(e).__name__, e)
+            log.debug("benchmark %s failed", b.name, exc_info=True)
+            failed[b.name] = f"{type(e).__name__}: {e}"
+            report.notes.append(f"benchmark {b.name} FAILED ({type(e).__name__}: {e}); its rows may be incomplete")
         report.rejections[b.name] = data.rejections.to_json()
     with report.timer("report"):
         json_path, md_path = report.write(run.out)
     out = report.to_json()
-    out.update(report_json=str(json_path), report_md=str(md_path))
+    out.update(report_json=str(json_path), report_md=str(md_path), failed=failed)
     return out
 
 
@@ -531,4 +749,8 @@ def run_eval_command(args) -> int:
     if rejected:
         print(f"rejected input (see report.md): {rejected}")
     print(f"\nreport: {result['report_md']} (json: {result['report_json']}, plots: {len(result['plots'])})")
+    if result["failed"]:
+        raise EvalIncomplete(f"{len(result['failed'])} benchmark(s) failed: "
+                             + "; ".join(f"{k}: {v}" for k, v in result["failed"].items())
+                             + f". The report of the others is in {result['report_md']}")
     return 0

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from graft.evaluation import metrics
-from graft.evaluation.datasets import Batch, ImageTensorDataset, collate_images
+from graft.evaluation.datasets import BandTensorDataset, Batch, ImageTensorDataset, collate_images
 from graft.evaluation.models import class_embeddings
 
 # Two prompt sets, reported side by side: CLIP's plain ground-view prompt, and one that tells the
@@ -47,11 +47,16 @@ class Features:
     failures: list[tuple[int, str, str]] = field(default_factory=list)
 
 
-def make_loader(source: Any, transform: Callable, batch_size: int = 64, workers: int = 0):
-    """A DataLoader over any set with ``read_rgb(i)``; bad images come back as failures, not exceptions."""
+def make_loader(source: Any, transform: Callable, batch_size: int = 64, workers: int = 0,
+                band_input: Callable | None = None):
+    """A DataLoader over any set with ``read_rgb(i)``; bad images come back as failures, not exceptions.
+
+    With ``band_input`` (a multispectral model's ``tile_input``) the set's ``read_bands(i)`` feeds it instead.
+    """
     from torch.utils.data import DataLoader
 
-    return DataLoader(ImageTensorDataset(source, transform), batch_size=batch_size, shuffle=False,
+    dataset = BandTensorDataset(source, band_input) if band_input else ImageTensorDataset(source, transform)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False,
                       num_workers=workers, collate_fn=collate_images, persistent_workers=False)
 
 

@@ -8,6 +8,11 @@ Layout (docs/formats.md): ``step-NNNNNNN/`` holding ``model.safetensors``,
 ``config.yaml``. The folder is renamed into place only when complete, and its
 checksums are verified on load, so a torn or corrupted checkpoint is detected
 and the previous good one used instead.
+
+A multispectral encoder's ``meta.json`` holds ``bands``: the band list and the
+per-channel normalisation (:class:`graft.imagery.BandNorm`) it was trained
+with; an RGB encoder's has none (it reads the tile's R, G, B bands with CLIP's
+normalisation).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from graft.errors import GraftError
+from graft.imagery import BandNorm
 from graft.storage import atomic_dir, clean_stale_temps, sha256_file
 
 log = logging.getLogger(__name__)
@@ -31,7 +38,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMMED = ("model.safetensors", "trainer.pt", "config.yaml")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(GraftError, RuntimeError):
     """No usable checkpoint where one was asked for."""
 
 
@@ -47,8 +54,10 @@ def save_checkpoint(
     meta: dict[str, Any],
     config_yaml: str,
     keep_last: int | None = None,
+    keep_steps: tuple[int, ...] = (),
 ) -> Path:
-    """Write one checkpoint folder atomically; optionally prune older ones, keeping ``keep_last``."""
+    """Write one checkpoint folder atomically; optionally prune older ones, keeping ``keep_last``
+    (and the checkpoints of ``keep_steps``, e.g. the best by validation score)."""
     final = checkpoint_dir(run_dir, step)
     # A temp folder beside the checkpoints can only be a save that was killed mid-write (one process,
     # rank 0, writes a run's checkpoints); each holds a whole checkpoint, so preemptions would pile them up.
@@ -60,9 +69,28 @@ def save_checkpoint(
         meta = dict(meta, step=step, sha256={n: sha256_file(tmp / n) for n in CHECKSUMMED})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     if keep_last:
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(run_dir, step, keep_last, keep_steps)
     return final
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step of a ``step-NNNNNNN`` checkpoint folder."""
+    return int(_STEP_DIR.match(Path(path).name).group(1))
+
+
+def prune_checkpoints(run_dir: str | Path, step: int, keep_last: int, keep_steps: tuple[int, ...] = ()) -> list[Path]:
+    """Remove all but the ``keep_last`` newest checkpoints up to ``step`` (the one just written),
+    sparing those of ``keep_steps``.
+
+    Checkpoints of higher steps are never removed here: they are not older than the one just
+    written but belong to another run (the trainer refuses such a folder without ``--overwrite``),
+    and pruning by step number would otherwise delete the new run's own checkpoints as it writes them.
+    """
+    mine = [c for c in list_checkpoints(run_dir) if checkpoint_step(c) <= step]
+    removed = [c for c in mine[:-keep_last] if checkpoint_step(c) not in keep_steps]
+    for old in removed:
+        shutil.rmtree(old, ignore_errors=True)
+    return removed
 
 
 def verify_checkpoint(path: str | Path) -> str | None:
@@ -91,7 +119,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+    return sorted(found, key=checkpoint_step)
 
 
 def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -131,11 +159,17 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     return torch.load(Path(path) / "trainer.pt", map_location="cpu", weights_only=True)
 
 
+def band_norm_of(meta: dict[str, Any]) -> BandNorm | None:
+    """The band list and normalisation of a multispectral checkpoint's meta; None for an RGB encoder."""
+    return BandNorm.from_json(meta["bands"]) if meta.get("bands") else None
+
+
 def load_encoder(path: str | Path, device: str = "cpu"):
     """Rebuild a trained satellite encoder from a checkpoint (or run) folder.
 
     Returns ``(encoder, clip_bundle, meta)``; the CLIP bundle supplies the text
-    tower and preprocessing. Weights load strictly: a missing or unexpected key
+    tower and preprocessing, :func:`band_norm_of` (meta) the input bands of a
+    multispectral encoder. Weights load strictly: a missing or unexpected key
     is an error, never silently dropped.
     """
     from graft.models.clip_tower import ClipSpec, load_clip
@@ -144,7 +178,8 @@ def load_encoder(path: str | Path, device: str = "cpu"):
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
     bundle = load_clip(ClipSpec(**meta["clip"]), device=device)
-    encoder = build_encoder(meta["kind"], bundle.model.visual)
+    norm = band_norm_of(meta)
+    encoder = build_encoder(meta["kind"], bundle.model.visual, in_chans=norm.channels if norm else 3)
     encoder.load_state_dict(load_model_state(ckpt, device=device), strict=True)
     encoder.to(device).eval()
     return encoder, bundle, meta

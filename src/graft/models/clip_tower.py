@@ -10,7 +10,6 @@ the same way open_clip ships its own.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,45 +17,10 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
-from pydantic import field_validator
 
-from graft.config import StrictModel
+from graft.models.clip_spec import MODEL_CONFIG_DIR, ClipSpec
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-class ClipSpec(StrictModel):
-    """Which CLIP tower to use. Defaults follow the paper: ViT-B/16 (QuickGELU), OpenAI weights."""
-
-    model: str = "ViT-B-16-quickgelu"
-    pretrained: str | None = "openai"
-    precision: str = "fp32"
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        if v.startswith(("local-dir:", "hf-hub:")):
-            if v.startswith("local-dir:") and not (Path(v[len("local-dir:"):]) / "open_clip_config.json").is_file():
-                raise ValueError(f"{v}: folder has no open_clip_config.json")
-            return v
-        if v.replace("/", "-") not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip model {v!r}; see open_clip.list_models() or use local-dir:/hf-hub:")
-        return v
-
-    def fingerprint(self) -> str:
-        """Identifies the weights: changes whenever the model or its weights file changes."""
-        h = hashlib.sha256(f"{self.model}|{self.pretrained}".encode())
-        p = Path(self.pretrained) if self.pretrained else None
-        if p is not None and p.is_file():
-            st = p.stat()
-            h.update(f"{st.st_size}|{int(st.st_mtime)}".encode())
-        elif self.model.startswith("local-dir:"):
-            for f in sorted(Path(self.model[len("local-dir:"):]).glob("*")):
-                if f.is_file():
-                    st = f.stat()
-                    h.update(f"{f.name}|{st.st_size}|{int(st.st_mtime)}".encode())
-        return h.hexdigest()[:16]
 
 
 @dataclass
@@ -140,3 +104,66 @@ def spec_record(bundle: ClipBundle) -> dict:
         "preprocess": bundle.preprocess_info(),
         "embed_dim": bundle.embed_dim,
     }
+
+
+def cached_weights(spec: ClipSpec) -> tuple[bool, str]:
+    """Whether the tower's weights are on this machine (a file, a folder, or open_clip's download cache).
+
+    Nothing is downloaded. Returns ``(present, detail)``; ``detail`` names the file found or what
+    would have to be downloaded.
+    """
+    import os
+
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    def in_hf_cache(repo: str, names: list[str]) -> str | None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        for name in names:
+            hit = try_to_load_from_cache(repo, name)
+            if isinstance(hit, str):
+                return hit
+        return None
+
+    def hf_names(filename: str) -> list[str]:
+        names = [filename]
+        if filename == HF_WEIGHTS_NAME:
+            names.insert(0, HF_SAFE_WEIGHTS_NAME)
+        elif filename.endswith((".bin", ".pth")):
+            names.insert(0, filename[:-4] + ".safetensors")
+        return names
+
+    if spec.model.startswith("local-dir:"):
+        folder = Path(spec.model[len("local-dir:"):])
+        found = [p for pat in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(pat)]
+        return (bool(found), f"{found[0]}" if found else f"{folder} has no .safetensors/.bin/.pth weights file")
+    if spec.model.startswith("hf-hub:"):
+        repo = spec.model[len("hf-hub:"):]
+        config = in_hf_cache(repo, [HF_CONFIG_NAME])
+        weights = in_hf_cache(repo, hf_names(HF_WEIGHTS_NAME))
+        if config and weights:
+            return True, f"{weights} (Hugging Face cache)"
+        return False, f"{spec.model} is not in the Hugging Face cache; it would be downloaded"
+    if not spec.pretrained:
+        return True, f"{spec.model} with random weights (no pretrained weights needed)"
+    if Path(spec.pretrained).is_file():
+        return True, spec.pretrained
+    cfg = open_clip.get_pretrained_cfg(spec.model.replace("/", "-"), spec.pretrained)
+    if not cfg:
+        return False, f"clip.pretrained={spec.pretrained!r} is neither a pretrained tag of {spec.model} nor a file"
+    if cfg.get("hf_hub"):
+        # open_clip's convention: 'org/repo/file.bin', or 'org/repo/' for the default file name.
+        filename = os.path.basename(cfg["hf_hub"]) or HF_WEIGHTS_NAME
+        repo = os.path.dirname(cfg["hf_hub"]) if os.path.basename(cfg["hf_hub"]) else cfg["hf_hub"].rstrip("/")
+        hit = in_hf_cache(repo, hf_names(filename))
+        if hit:
+            return True, f"{hit} (Hugging Face cache)"
+    if cfg.get("url"):
+        target = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
+        if target.is_file():
+            return True, str(target)
+    where = cfg.get("hf_hub") or cfg.get("url")
+    return False, (f"{spec.model} ({spec.pretrained}) weights are not cached; they would be downloaded from {where}. "
+                   "Download them where there is network, or set clip.pretrained to a local weights file")

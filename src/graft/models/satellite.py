@@ -10,6 +10,13 @@
 
 Both keep the open_clip ``VisionTransformer`` as ``self.visual`` so its state
 dict drops straight into an open_clip model on export.
+
+Both take N input channels (``in_chans``; 3 for RGB). A multispectral encoder's
+patch embedding (:class:`MultispectralPatchEmbedding`) keeps CLIP's weights on
+R, G, B and starts every further band at zero, so at step 0 it computes exactly
+what the RGB CLIP tower computes on the R, G, B channels, whatever the other
+bands hold; training grows the use of the extra bands from there. Everything
+after the patch embedding is the same network for any N.
 """
 
 from __future__ import annotations
@@ -30,15 +37,57 @@ def _check_vit(visual: nn.Module) -> None:
         )
 
 
+class MultispectralPatchEmbedding(nn.Module):
+    """CLIP's patch embedding on R, G, B plus a zero-initialised one on every further band, summed.
+
+    Keeping CLIP's 3-channel convolution as it is (rather than widening it) makes
+    step 0 exact, not merely close: the RGB term is the very computation of the
+    RGB tower, and the extra term adds exact zeros.
+    """
+
+    def __init__(self, rgb: nn.Conv2d, extra_bands: int):
+        super().__init__()
+        self.rgb = rgb
+        self.extra = nn.Conv2d(extra_bands, rgb.out_channels, kernel_size=rgb.kernel_size, stride=rgb.stride,
+                               padding=rgb.padding, bias=False).to(rgb.weight.device, rgb.weight.dtype)
+        nn.init.zeros_(self.extra.weight)
+
+    @property
+    def in_channels(self) -> int:
+        return self.rgb.in_channels + self.extra.in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"the encoder reads {self.in_channels} bands (R, G, B + {self.extra.in_channels}); "
+                             f"got a ({', '.join(map(str, x.shape))}) batch")
+        return self.rgb(x[:, :3]) + self.extra(x[:, 3:])
+
+
+def add_bands(visual: nn.Module, in_chans: int) -> None:
+    """Make ``visual`` read ``in_chans`` channels, R, G, B first (see :class:`MultispectralPatchEmbedding`)."""
+    if in_chans == 3:
+        return
+    if in_chans < 3:
+        raise ValueError(f"in_chans={in_chans}: an encoder reads at least R, G, B")
+    visual.conv1 = MultispectralPatchEmbedding(visual.conv1, in_chans - 3)
+
+
 class ImageLevelEncoder(nn.Module):
+    """One L2-normalised embedding per tile; ``in_chans`` input channels (R, G, B first)."""
+
     kind = "image"
 
-    def __init__(self, clip_visual: nn.Module):
+    def __init__(self, clip_visual: nn.Module, in_chans: int = 3):
         super().__init__()
         _check_vit(clip_visual)
         self.visual = copy.deepcopy(clip_visual)
+        add_bands(self.visual, in_chans)
         for p in self.visual.parameters():
             p.requires_grad_(True)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.visual.conv1.in_channels)
 
     @property
     def patch_size(self) -> int:
@@ -63,10 +112,12 @@ class ImageLevelEncoder(nn.Module):
 
 
 class PixelLevelEncoder(ImageLevelEncoder):
+    """One normalised embedding per patch, (B, P, D); ``in_chans`` input channels (R, G, B first)."""
+
     kind = "pixel"
 
-    def __init__(self, clip_visual: nn.Module):
-        super().__init__(clip_visual)
+    def __init__(self, clip_visual: nn.Module, in_chans: int = 3):
+        super().__init__(clip_visual, in_chans)
         proj = self.visual.proj  # (width, embed_dim)
         width, dim = proj.shape
         self.projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim))
@@ -103,7 +154,8 @@ class PixelLevelEncoder(ImageLevelEncoder):
 ENCODERS = {"image": ImageLevelEncoder, "pixel": PixelLevelEncoder}
 
 
-def build_encoder(kind: str, clip_visual: nn.Module) -> ImageLevelEncoder:
+def build_encoder(kind: str, clip_visual: nn.Module, in_chans: int = 3) -> ImageLevelEncoder:
+    """A satellite encoder of ``kind`` (``image`` or ``pixel``) from CLIP's image tower, reading ``in_chans`` channels."""
     if kind not in ENCODERS:
         raise ValueError(f"model.kind must be one of {sorted(ENCODERS)}, got {kind!r}")
-    return ENCODERS[kind](clip_visual)
+    return ENCODERS[kind](clip_visual, in_chans)

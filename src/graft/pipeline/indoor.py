@@ -16,8 +16,8 @@ outdoor score in [0, 1] and whose ``keep`` turns scores into a decision:
 - ``resnet18-binary``: a 2-class ResNet18 trained by ``graft filter-train``;
   the score is softmax P(outdoor).
 - ``clip``: zero-shot with a frozen CLIP tower, prompts for "indoors" versus
-  "outdoors", several templates each; the score is the softmax P(outdoor)
-  with CLIP's own logit scale. Needs no extra weights.
+  "outdoors" (``filter.prompts``, several each); the score is the softmax
+  P(outdoor) with CLIP's own logit scale. Needs no extra weights.
 - ``none``: keeps everything (score 1.0).
 
 Weights never download at import or construction unless ``filter.weights``
@@ -82,6 +82,19 @@ _MISSING_WEIGHTS_HELP = (
 )
 
 
+class FilterPrompts(StrictModel):
+    """The zero-shot prompts of ``kind: clip``; each list is averaged in embedding space.
+
+    A domain or small custom CLIP may never have learned "indoors"; prompts naming what the
+    photos show (``"a photo of a kitchen."``, ``"a photo of a forest."``) can fix its decisions.
+    """
+
+    indoor: list[str] = Field(default_factory=lambda: list(INDOOR_PROMPTS), min_length=1,
+                              description="prompts describing indoor photos")
+    outdoor: list[str] = Field(default_factory=lambda: list(OUTDOOR_PROMPTS), min_length=1,
+                               description="prompts describing outdoor photos")
+
+
 class IndoorFilterConfig(StrictModel):
     """Which indoor filter to run and how it decides.
 
@@ -99,6 +112,7 @@ class IndoorFilterConfig(StrictModel):
         device: ``cpu``, ``cuda``, ``cuda:1``...; None picks cuda when available.
         cache_dir: where URL weights are downloaded (default: the torch hub cache).
         clip: the CLIP tower for ``kind: clip``.
+        prompts: the indoor and outdoor prompts for ``kind: clip``.
         max_reject_share: the build stops, before any tile is fetched, when the filter rejects more
             than this share of a sample of the build's photos (see
             :mod:`graft.pipeline.build.filter_guard` and data_pipeline/README.md for the default).
@@ -116,12 +130,15 @@ class IndoorFilterConfig(StrictModel):
     device: str | None = None
     cache_dir: str | None = None
     clip: ClipSpec = Field(default_factory=ClipSpec)
+    prompts: FilterPrompts = Field(default_factory=FilterPrompts)
     max_reject_share: float = Field(default=0.35, ge=0.0, le=1.0)
     check_sample: int = Field(default=2000, ge=0)
     check_clusters: int = Field(default=8, ge=1)
 
     @model_validator(mode="after")
     def _decision_fits_kind(self) -> IndoorFilterConfig:
+        if self.kind != "clip" and "prompts" in self.model_fields_set:
+            raise ValueError(f"filter.prompts applies to kind=clip only (got kind={self.kind})")
         if self.kind != "resnet18-places365" and "decision" in self.model_fields_set and self.decision == "top10_vote":
             raise ValueError(
                 f"decision=top10_vote needs kind=resnet18-places365 (got kind={self.kind}); "
@@ -153,17 +170,35 @@ def _is_url(s: str) -> bool:
     return s.startswith(("http://", "https://"))
 
 
-def _fetch(url: str, cache_dir: str | None) -> Path:
-    """Download ``url`` once into the cache folder and return the local file."""
+def _cache_target(url: str, cache_dir: str | None) -> Path:
+    """Where ``url`` is (or will be) downloaded: ``cache_dir`` or the torch hub cache."""
     name = Path(urllib.parse.urlparse(url).path).name or "weights"
     folder = Path(cache_dir).expanduser() if cache_dir else Path(torch.hub.get_dir()) / "checkpoints"
-    dst = folder / name
+    return folder / name
+
+
+def _fetch(url: str, cache_dir: str | None) -> Path:
+    """Download ``url`` once into the cache folder and return the local file."""
+    dst = _cache_target(url, cache_dir)
     if not dst.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
+        dst.parent.mkdir(parents=True, exist_ok=True)
         log.info("downloading filter weights %s -> %s", url, dst)
         # torch.hub writes to a temp file and renames it, so an interrupted download leaves no torn file.
         torch.hub.download_url_to_file(url, str(dst), progress=True)
     return dst
+
+
+def cached_filter_weights(cfg: IndoorFilterConfig) -> tuple[bool, str]:
+    """Whether a resnet kind's weights are on this machine (a file, or a URL already downloaded); no download."""
+    if cfg.weights is None:
+        return False, f"filter.weights is not set (filter.kind={cfg.kind})"
+    if _is_url(cfg.weights):
+        dst = _cache_target(cfg.weights, cfg.cache_dir)
+        if dst.is_file():
+            return True, f"{dst} (downloaded from {cfg.weights})"
+        return False, f"{cfg.weights} is not downloaded yet (would go to {dst})"
+    path = Path(cfg.weights).expanduser()
+    return path.is_file(), str(path) if path.is_file() else f"file not found: {cfg.weights}"
 
 
 def resolve_weights(cfg: IndoorFilterConfig) -> Path:
@@ -311,7 +346,8 @@ class IndoorFilter:
         if self.cfg.kind == "resnet18-places365":
             d["decision"] = self.cfg.decision
         if self.cfg.kind == "clip":
-            d.update(clip_model=self.cfg.clip.model, clip_pretrained=self.cfg.clip.pretrained)
+            d.update(clip_model=self.cfg.clip.model, clip_pretrained=self.cfg.clip.pretrained,
+                     prompts=self.cfg.prompts.model_dump())
         return d
 
     # ------------------------------------------------------------ scoring
@@ -320,7 +356,7 @@ class IndoorFilter:
         """(2, D) normalised mean text embedding for [indoor, outdoor]."""
         assert self._tower is not None
         rows = []
-        for prompts in (INDOOR_PROMPTS, OUTDOOR_PROMPTS):
+        for prompts in (self.cfg.prompts.indoor, self.cfg.prompts.outdoor):
             emb = self._tower.encode_texts(list(prompts)).mean(dim=0)
             rows.append(F.normalize(emb, dim=-1))
         return torch.stack(rows)

@@ -23,7 +23,7 @@ from shapely.geometry import box, shape
 from shapely.ops import unary_union
 
 from graft.config import StrictModel
-from graft.geometry import crs_to_lonlat, lonlat_to_crs, utm_epsg
+from graft.geometry import TileGrid, crs_to_lonlat, lonlat_to_crs, utm_epsg
 
 
 class RegionConfig(StrictModel):
@@ -215,6 +215,28 @@ class Region:
         iy = np.floor((np.asarray(y) - self.y0) / self.block_m).astype(np.int64)
         ok = (ix >= 0) & (ix < self.nx) & (iy >= 0) & (iy < self.ny)
         return np.where(ok, iy * self.nx + ix, -1)
+
+    def footprint(self, grid: TileGrid) -> shapely.Geometry:
+        """A tile's footprint in the region's CRS (edges densified: the tile may sit in another UTM zone)."""
+        left, bottom, right, top = grid.bounds
+        ring = shapely.segmentize(box(left, bottom, right, top), (right - left) / 8)
+        if grid.crs == self.crs:
+            return ring
+        lon_lat = shapely.transform(ring, lambda x, y: crs_to_lonlat(x, y, grid.crs), interleaved=False)
+        return shapely.transform(lon_lat, lambda x, y: lonlat_to_crs(x, y, self.crs), interleaved=False)
+
+    def blocks_under(self, footprint_utm: shapely.Geometry) -> list[int]:
+        """Ids of the grid blocks whose interior a geometry (in the region's CRS) overlaps with positive area."""
+        minx, miny, maxx, maxy = footprint_utm.bounds
+        ix0, ix1 = math.floor((minx - self.x0) / self.block_m), math.floor((maxx - self.x0) / self.block_m)
+        iy0, iy1 = math.floor((miny - self.y0) / self.block_m), math.floor((maxy - self.y0) / self.block_m)
+        out = []
+        for iy in range(max(iy0, 0), min(iy1, self.ny - 1) + 1):
+            for ix in range(max(ix0, 0), min(ix1, self.nx - 1) + 1):
+                b = iy * self.nx + ix
+                if footprint_utm.intersection(box(*self.block(b).bounds)).area > 0:
+                    out.append(b)
+        return out
 
     def sample_points(self, n: int, rng: np.random.Generator,
                       within: tuple[float, float, float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:

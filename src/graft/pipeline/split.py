@@ -22,7 +22,14 @@ SPLITS = ("train", "val", "test")
 
 
 class SplitConfig(StrictModel):
-    """Fractions of blocks per split (they must sum to 1) and the seed of the draw."""
+    """Fractions of blocks per split (they must sum to 1) and the seed of the draw.
+
+    Attributes:
+        train: share of blocks for training.
+        val: share of blocks for validation (the trainer's validation signal reads it).
+        test: share of blocks held out for evaluation.
+        seed: seed of the draw of blocks.
+    """
 
     train: float = 0.8
     val: float = 0.1

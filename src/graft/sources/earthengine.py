@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from graft.config import StrictModel
 from graft.credentials import CredentialError, redact, register_secret, warn_if_world_readable
@@ -64,6 +64,12 @@ SCL_NO_DATA = 0
 # A Sentinel-2 system:index starts with the datatake sensing time, e.g.
 # 20230615T101559_20230615T102043_T32TQM; granules sharing it were imaged in one pass.
 _DATATAKE = re.compile(r"^(\d{8}T\d{6})_")
+# Native resolution (metres) of each Sentinel-2 MSI band. Every band is delivered on the chip's own grid
+# (computePixels reprojects each band onto the request grid), so 20 m and 60 m bands arrive on the 10 m grid.
+S2_BAND_GSD: dict[str, int] = {"B1": 60, "B2": 10, "B3": 10, "B4": 10, "B5": 20, "B6": 20, "B7": 20, "B8": 10,
+                               "B8A": 20, "B9": 60, "B10": 60, "B11": 20, "B12": 20}
+# B10 (cirrus, 1375 nm) says nothing about the surface and is dropped from the L2A (surface reflectance) products.
+_L2A_WITHOUT = ("B10",)
 
 
 class EarthEngineConfig(StrictModel):
@@ -98,7 +104,9 @@ class Sentinel2Config(StrictModel):
         max_cloud: keep scenes with ``CLOUDY_PIXEL_PERCENTAGE < max_cloud`` (percent).
         window_days: search ``[date - window_days, date + window_days]`` around the tile date.
         default_date: tile date to use when the caller has none; today if unset.
-        bands: bands of the output chip, in order.
+        bands: bands of the output chip, in order: any of B1-B12 and B8A (Level-2A has no
+            B10), stored as uint16 reflectance x 1e4, unstretched. Every band is delivered on
+            the chip grid (``gsd``), so the 20 m and 60 m bands arrive resampled onto it.
         chip_cloud_band: ``"SCL"`` counts Scene Classification classes 3, 8, 9, 10 on the
             chip; ``"probability"`` thresholds the s2cloudless ``probability`` band of
             ``cloud_probability_collection`` (joined by ``system:index``).
@@ -108,6 +116,9 @@ class Sentinel2Config(StrictModel):
         min_valid_fraction: reject a chip with a smaller share of pixels holding data.
         max_images_tried: how many datatakes, nearest first, to try before giving up on a
             cloudy or empty chip (1 = the nearest only).
+        resampling: how bands coarser than the chip grid (20 m, 60 m onto 10 m) are resampled;
+            ``nearest`` is Earth Engine's default. Applies to reflectance bands only: the Scene
+            Classification Layer is a class map and is always read nearest.
         size: chip side in pixels (the build passes it to ``tile_grid_around``).
         gsd: metres per pixel.
     """
@@ -123,8 +134,22 @@ class Sentinel2Config(StrictModel):
     max_chip_cloud_fraction: float = Field(0.05, ge=0, le=1)
     min_valid_fraction: float = Field(0.9, ge=0, le=1)
     max_images_tried: int = Field(1, ge=1)
+    resampling: Literal["nearest", "bilinear", "bicubic"] = "nearest"
     size: int = Field(448, gt=0)
     gsd: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _known_bands(self) -> Sentinel2Config:
+        unknown = [b for b in self.bands if b not in S2_BAND_GSD]
+        if unknown:
+            raise ValueError(f"sentinel2.bands {unknown} are not Sentinel-2 MSI bands; expected any of "
+                             f"{list(S2_BAND_GSD)} (e.g. [B4, B3, B2, B8])")
+        if len(set(self.bands)) != len(self.bands):
+            raise ValueError(f"sentinel2.bands lists a band twice: {self.bands}")
+        if "S2_SR" in self.collection and any(b in _L2A_WITHOUT for b in self.bands):
+            raise ValueError(f"{self.collection} (Level-2A) has no band B10; drop it, or use the Level-1C "
+                             f"collection COPERNICUS/S2_HARMONIZED")
+        return self
 
 
 class NaipConfig(StrictModel):
@@ -282,6 +307,31 @@ _SERVER = ("internal error", "service unavailable", "currently unavailable", "ba
 _STATUS = re.compile(r"(?:http\s*error|status(?:\s*code)?|error\s*code)\W{0,3}(429|50[0234])\b")
 
 
+# Failures that belong to one chip's request and recur on every retry, by the reason the tile is dropped
+# with (``tile_ee_<reason>``). computePixels refuses requests over 48 MB, 32K pixels a side or 1024 bands
+# with a 400 (REST reference); a band missing from one NAIP year or scene, a vanished asset and a
+# computation over the per-request memory cap fail the same way each time.
+_PERMANENT = (
+    ("missing_band", ("did not match any bands", "band not found")),
+    ("asset_not_found", ("not found (does not exist", "asset not found", "does not exist or caller does not have")),
+    ("memory_limit", ("user memory limit exceeded",)),
+    ("request_too_large", ("request payload size exceeds", "total request size", "must be less than or equal to",
+                           "too many pixels")),
+)
+
+
+def permanent_ee_reason(exc: BaseException) -> str | None:
+    """The reason a chip can never be fetched (``missing_band``, ``asset_not_found``, ``memory_limit``,
+    ``request_too_large``), or None when the failure is not a known per-chip one."""
+    msg = str(exc).lower()
+    if "image asset" in msg and "not found" in msg:
+        return "asset_not_found"
+    for reason, needles in _PERMANENT:
+        if any(n in msg for n in needles):
+            return reason
+    return None
+
+
 def classify_ee_error(exc: BaseException) -> str | None:
     """The transient kind of an Earth Engine failure (``quota``, ``timeout``, ``server``,
     ``network``, ``bad_reply``), or None if retrying cannot help.
@@ -291,6 +341,8 @@ def classify_ee_error(exc: BaseException) -> str | None:
     """
     if isinstance(exc, TransientError):
         return exc.reason
+    if permanent_ee_reason(exc) is not None:
+        return None
     names = {c.__name__ for c in type(exc).__mro__}
     if isinstance(exc, TimeoutError) or any("Timeout" in n for n in names):
         return "timeout"
@@ -360,9 +412,11 @@ class EarthEngineSession:
         """Run one remote call under the semaphore, retrying transient failures.
 
         Raises:
-            ChipRejected: ``fetch_failed:<kind>`` once retries are exhausted or on a
-                non-transient Earth Engine error (``fetch_failed:ee_error``). The
-                detail is redacted.
+            ChipRejected: ``fetch_failed:<kind>`` once transient failures exhaust the retries, or on
+                an Earth Engine error of unknown kind (``fetch_failed:ee_error``): the build retries
+                the partition. ``ee_<reason>`` (see :func:`permanent_ee_reason`) at once on an error
+                that is a property of this chip's request: the build drops the tile with that reason.
+                The detail is redacted.
         """
         ee = self.ee
 
@@ -376,6 +430,9 @@ class EarthEngineSession:
             kind = classify_ee_error(e)
             if kind is None and not isinstance(e, ee.EEException):
                 raise  # a bug in this adapter, not a property of the chip: fail loudly
+            permanent = permanent_ee_reason(e) if kind is None else None
+            if permanent is not None:
+                raise ChipRejected(f"ee_{permanent}", redact(f"{type(e).__name__}: {e}")) from None
             raise ChipRejected(f"fetch_failed:{kind or 'ee_error'}", redact(f"{type(e).__name__}: {e}")) from None
 
 
@@ -518,6 +575,10 @@ class Sentinel2Source:
         images = []
         for s in scenes:
             img = ee.Image(f"{cfg.collection}/{s.index}")
+            if cfg.resampling != "nearest":
+                # On the reflectance bands only: resampling would blend Scene Classification classes.
+                refl = img.select(list(cfg.bands)).resample(cfg.resampling)
+                img = refl.addBands(img.select(["SCL"])) if cfg.chip_cloud_band == "SCL" else refl
             if cfg.chip_cloud_band == "probability":
                 img = img.addBands(ee.Image(f"{cfg.cloud_probability_collection}/{s.index}").select("probability"))
             images.append(img)

@@ -63,7 +63,7 @@ from graft.credentials import CredentialError, RedactingFilter, read_secret, red
 from graft.geometry import haversine_m
 from graft.rejections import Rejected, Rejections
 from graft.sources.base import GroundPhoto
-from graft.sources.retry import RetryConfig, TokenBucket, TransientError, call_with_retry
+from graft.sources.retry import RateLimiter, RetryConfig, TokenBucket, TransientError, call_with_retry
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,16 @@ class FlickrConfig(StrictModel):
 
     The key and secret are never part of the config: it names the environment
     variables that hold them (or ``<NAME>_FILE`` variables naming files that do).
+
+    Attributes:
+        api_key_env: environment variable holding the API key.
+        api_secret_env: environment variable holding the API secret.
+        licenses: Flickr license ids accepted (default: Creative Commons, CC0, Public Domain Mark).
+        min_taken: earliest capture date searched.
+        max_taken: latest capture date searched.
+        timeout_s: timeout of one HTTP request.
+        retry: retries of transient failures.
+        max_photos_per_point: cap on photos kept per search point (None: no cap).
     """
 
     api_key_env: str = "FLICKR_API_KEY"
@@ -134,8 +144,8 @@ class FlickrConfig(StrictModel):
     per_page: int = Field(250, ge=1, le=250, description="geo queries return at most 250 per page")
     query_cap: int = Field(4000, ge=1, description="results Flickr lets one query page through")
     queries_per_hour: float = Field(
-        3600, gt=0, description="API requests per hour for this key in this process; divide by the number of "
-        "processes (e.g. Ray workers) sharing the key"
+        3600, gt=0, description="API requests per hour for this key: per process, and under "
+        "`graft build --distributor ray` for all the build's workers together (one shared limiter)"
     )
     radius_km: float = Field(1.0, gt=0, lt=32, description="search radius around a point (Flickr: < 32 km)")
     min_taken: dt.date
@@ -313,8 +323,9 @@ class FlickrSource:
         rejections: ledger that receives every photo, query or download dropped, with a reason.
         clock: monotonic clock for the rate limiter (tests inject a fake one).
         sleep: sleep function for the rate limiter and retry backoff (tests inject a fake one).
-        bucket: an explicit token bucket; by default the process-wide one for this key
-            (or a private one on ``clock``/``sleep`` when those are injected).
+        bucket: an explicit rate limiter (a token bucket, or one shared by the processes of a
+            build); by default the process-wide bucket for this key (or a private one on
+            ``clock``/``sleep`` when those are injected).
 
     Attributes:
         counters: what the source did, for a run summary: ``api_requests`` (attempts included),
@@ -336,7 +347,7 @@ class FlickrSource:
         *,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] | None = None,
-        bucket: TokenBucket | None = None,
+        bucket: RateLimiter | None = None,
     ):
         self.cfg = cfg
         self.rejections = rejections

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import shapely
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
@@ -58,7 +58,11 @@ class GeoTiffConfig(StrictModel):
             and URLs are used as given.
         size: chip side in pixels (the build passes it to ``tile_grid_around``).
         gsd: metres per chip pixel.
-        bands: 1-based band indexes of the chip, in order; default the first three.
+        bands: 1-based band indexes of the chip, in order; default the first three. Any
+            number of bands, read at the file's full precision.
+        band_names: names of those bands, recorded on every tile (``bands`` in its json) and
+            used by models to find them, e.g. ``[R, G, B, N]`` or ``[B4, B3, B2, B8]``;
+            default ``b1, b2, ...`` after the band indexes (then R, G, B are the first three).
         resampling: a rasterio resampling name (``nearest``, ``bilinear``, ``cubic``,
             ``average``, ...). ``average`` suits downsampling much finer imagery.
         min_valid_fraction: reject a chip with a smaller share of pixels holding data.
@@ -71,6 +75,7 @@ class GeoTiffConfig(StrictModel):
     size: int = Field(448, gt=0)
     gsd: float = Field(gt=0)
     bands: list[int] | None = None
+    band_names: list[str] | None = None
     resampling: str = "bilinear"
     min_valid_fraction: float = Field(0.9, ge=0, le=1)
     date: dt.date | None = None
@@ -82,6 +87,15 @@ class GeoTiffConfig(StrictModel):
         if v is not None and (not v or any(b < 1 for b in v)):
             raise ValueError(f"bands are 1-based band indexes, e.g. [1, 2, 3]; got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _one_name_per_band(self) -> GeoTiffConfig:
+        n = len(self.bands or [1, 2, 3])
+        names = self.band_names
+        if names is not None and (len(names) != n or len(set(names)) != n or not all(names)):
+            raise ValueError(f"geotiff.band_names must name each of the {n} bands {self.bands or [1, 2, 3]} once; "
+                             f"got {names}")
+        return self
 
     @field_validator("resampling")
     @classmethod
@@ -172,7 +186,7 @@ class GeoTiffSource:
         self.cfg = cfg
         self.rejections = rejections if rejections is not None else Rejections()
         self.band_indexes = list(cfg.bands or [1, 2, 3])
-        self.band_names = [f"b{i}" for i in self.band_indexes]
+        self.band_names = list(cfg.band_names or [f"b{i}" for i in self.band_indexes])
         self._resampling = Resampling[cfg.resampling]
         files = expand_paths(cfg.paths, self.rejections)
         if not files:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -20,6 +20,14 @@ T = TypeVar("T")
 
 
 class RetryConfig(StrictModel):
+    """Retries of a transient failure, with exponential back-off.
+
+    Attributes:
+        max_attempts: attempts in all, the first included.
+        initial_s: first back-off, doubled after each attempt.
+        max_backoff_s: longest back-off.
+    """
+
     max_attempts: int = 6
     initial_s: float = 1.0
     max_backoff_s: float = 60.0
@@ -44,6 +52,12 @@ def call_with_retry(
         sleep=sleep,
     )
     return retrying(fn)
+
+
+class RateLimiter(Protocol):
+    """What a source calls before each request: returns when the request may go."""
+
+    def acquire(self) -> None: ...
 
 
 class TokenBucket:
@@ -71,3 +85,17 @@ class TokenBucket:
                     return
                 wait = (1.0 - self.tokens) / self.rate
             self._sleep(wait)
+
+    def reserve(self) -> float:
+        """Take the next token now, even one that is not there yet; returns the seconds to wait before using it.
+
+        Lets one bucket serve callers in other processes (a Ray actor holding it answers each
+        caller at once, and the caller sleeps): tokens owed go negative, so reservations are
+        spaced at the bucket's rate whatever the number of callers.
+        """
+        with self._lock:
+            now = self._clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+            self._last = now
+            self.tokens -= 1.0
+            return 0.0 if self.tokens >= 0.0 else -self.tokens / self.rate

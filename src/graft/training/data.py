@@ -4,7 +4,9 @@ Each epoch, the split's tile shards are permuted with a seed derived from
 (seed, epoch) and dealt out to ranks and DataLoader workers (the equivalent of
 WebDataset's ``split_by_node`` + ``split_by_worker``, made epoch-deterministic
 so that a resumed run sees exactly the batches an uninterrupted run would
-have). Each worker shuffles through a buffer, decodes the tile GeoTIFF,
+have; with fewer shards than readers, a shard's tiles are split evenly among
+the readers dealt to it). Each worker reads several shards at once, taking
+samples from them in a seeded random order, then shuffles through a buffer, decodes the tile GeoTIFF,
 applies a random crop/flip/rot90 that carries every photo's position along,
 and assembles whole batches, so the main process only moves tensors.
 
@@ -33,11 +35,12 @@ from graft.dataset.embeddings import EmbeddingCacheError, cache_spec_mismatch, r
 from graft.dataset.layout import photo_shard_for
 from graft.dataset.manifest import MANIFEST_FILE, read_manifest
 from graft.dataset.shards import iter_photo_samples, iter_tile_samples
-from graft.imagery import decode_geotiff, tile_to_rgb8
+from graft.errors import GraftError
+from graft.imagery import decode_geotiff, tile_to_channels
 from graft.training.augment import Augment, apply_to_image, photo_patch_index
 
 
-class DataError(RuntimeError):
+class DataError(GraftError, RuntimeError):
     """The dataset cannot feed training as configured (missing split, no cache, spec mismatch)."""
 
 
@@ -82,18 +85,20 @@ class StreamSpec:
     batch_size: int
     crop_size: int
     patch_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per input channel (CLIP's for R, G, B; the dataset's band statistics for the rest)
+    std: tuple[float, ...]
     seed: int
     rank: int = 0
     world_size: int = 1
     flips: bool = True
     rot90: bool = True
     shuffle_buffer: int = 256
+    interleave: int = 4  # shards each loader worker reads at once (training), so a batch mixes blocks
     max_photos: int = 25
     live_ground: bool = False
     photo_transform: Any = None  # the frozen tower's preprocess, for live_ground
     train: bool = True  # False: centre crop, no shuffle, no flips (evaluation-style pass)
+    bands: tuple[str, ...] | None = None  # a multispectral encoder's bands (R, G, B first); None: the tiles' RGB
 
 
 class TileStream(IterableDataset):
@@ -103,39 +108,74 @@ class TileStream(IterableDataset):
         super().__init__()
         self.spec, self.epoch = spec, epoch
 
-    def _my_shards(self) -> tuple[list[str], int, int]:
+    def _my_shards(self, worker: int, workers: int) -> list[tuple[str, int, int]]:
+        """This worker's ``(shard, stride, offset)`` reads of the epoch: it keeps a shard's samples
+        ``offset, offset + stride, ...`` (counted among the samples of the split).
+
+        The shard order is reshuffled every epoch. With at least as many shards as readers
+        (ranks x workers) each reader gets whole shards; with fewer, each shard is read by the
+        readers dealt to it and its tiles are split evenly among them, so every tile is seen
+        exactly once an epoch either way and no reader reads every shard.
+        """
         s = self.spec
-        info = get_worker_info()
-        nw, wid = (info.num_workers, info.id) if info else (1, 0)
-        slots, slot = s.world_size * nw, s.rank * nw + wid
+        slots, slot = s.world_size * workers, s.rank * workers + worker
         shards = list(s.shards)
         if s.train:
             random.Random(f"{s.seed}/{self.epoch}").shuffle(shards)
         if len(shards) >= slots:
-            return shards[slot::slots], 1, 0
-        # Fewer shards than readers: everyone reads all shards and keeps every slots-th sample.
-        return shards, slots, slot
+            return [(shard, 1, 0) for shard in shards[slot::slots]]
+        if not shards:
+            return []
+        n = len(shards)
+        sharing = len(range(slot % n, slots, n))  # readers dealt the same shard as this one
+        return [(shards[slot % n], sharing, slot // n)]
 
-    def _samples(self) -> Iterator[dict[str, Any]]:
-        shards, stride, offset = self._my_shards()
+    def _samples(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+        """This worker's samples, reading up to ``spec.interleave`` shards at once (training)
+        and taking the next sample from one of them at random (seeded), so a batch mixes blocks."""
+        s = self.spec
+        reads = self._my_shards(worker, workers)
+        width = max(1, s.interleave) if s.train else 1
+        rng = random.Random(f"{s.seed}/{self.epoch}/{s.rank}/{worker}/interleave")
+        open_reads: list[Iterator[dict[str, Any]]] = []
+        pending = list(reads)
+        while pending or open_reads:
+            while pending and len(open_reads) < width:
+                open_reads.append(self._read_shard(*pending.pop(0)))
+            i = rng.randrange(len(open_reads)) if s.train else 0
+            item = next(open_reads[i], None)
+            if item is None:
+                open_reads.pop(i)
+            else:
+                yield item
+
+    def _read_shard(self, shard: str, stride: int, offset: int) -> Iterator[dict[str, Any]]:
+        photo_iter = iter_photo_samples(photo_shard_for(shard)) if self.spec.live_ground else None
         n = 0
-        for shard in shards:
-            photo_iter = iter_photo_samples(photo_shard_for(shard)) if self.spec.live_ground else None
-            for sample in iter_tile_samples(shard, decode_tif=False):
-                meta = sample.record
-                photos = None
-                if photo_iter is not None:
-                    photos = [next(photo_iter) for _ in meta["photos"]]
-                if meta.get("split", self.spec.split) != self.spec.split:
-                    continue
-                n += 1
-                if (n - 1) % stride != offset:
-                    continue
-                yield {"sample": sample, "meta": meta, "photos": photos}
+        for sample in iter_tile_samples(shard, decode_tif=False):
+            meta = sample.record
+            photos = None
+            if photo_iter is not None:
+                photos = [next(photo_iter) for _ in meta["photos"]]
+            if meta.get("split", self.spec.split) != self.spec.split:
+                continue
+            n += 1
+            if (n - 1) % stride != offset:
+                continue
+            yield {"sample": sample, "meta": meta, "photos": photos}
 
-    def _shuffled(self, rng: random.Random) -> Iterator[dict[str, Any]]:
+    def items(self, worker: int = 0, workers: int = 1) -> Iterator[dict[str, Any]]:
+        """What loader worker ``worker`` of ``workers`` (of this rank) reads in the epoch, in the order
+        it batches them, before decoding: ``{"sample", "meta", "photos"}`` per tile."""
+        return self._shuffled(random.Random(self._key(worker)), worker, workers)
+
+    def _key(self, worker: int) -> str:
+        s = self.spec
+        return f"{s.seed}/{self.epoch}/{s.rank}/{worker}"
+
+    def _shuffled(self, rng: random.Random, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         buf: list[dict[str, Any]] = []
-        for item in self._samples():
+        for item in self._samples(worker, workers):
             if not self.spec.train or self.spec.shuffle_buffer <= 1:
                 yield item
                 continue
@@ -149,13 +189,13 @@ class TileStream(IterableDataset):
         s = self.spec
         meta, sample = item["meta"], item["sample"]
         arr, _ = decode_geotiff(sample.tif)
-        rgb = torch.from_numpy(tile_to_rgb8(arr)).permute(2, 0, 1).float().div_(255.0)
-        tile_size = rgb.shape[-1]
+        channels = torch.from_numpy(tile_to_channels(arr, meta.get("bands"), s.bands))
+        tile_size = channels.shape[-1]
         aug = (Augment.sample(rng, tile_size, s.crop_size, s.flips, s.rot90) if s.train
                else Augment.center(tile_size, s.crop_size))
-        img = apply_to_image(rgb, aug)
-        mean = torch.tensor(s.mean).view(3, 1, 1)
-        std = torch.tensor(s.std).view(3, 1, 1)
+        img = apply_to_image(channels, aug)
+        mean = torch.tensor(s.mean).view(-1, 1, 1)
+        std = torch.tensor(s.std).view(-1, 1, 1)
         img = (img - mean) / std
 
         photos = meta["photos"]
@@ -183,11 +223,10 @@ class TileStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         s = self.spec
         info = get_worker_info()
-        wid = info.id if info else 0
-        key = f"{s.seed}/{self.epoch}/{s.rank}/{wid}"
-        rng = random.Random(key)
+        wid, workers = (info.id, info.num_workers) if info else (0, 1)
+        key = self._key(wid)
         batch: list[dict[str, Any]] = []
-        for i, item in enumerate(self._shuffled(rng)):
+        for i, item in enumerate(self.items(wid, workers)):
             # One generator per sample: augmentations do not depend on worker count or timing.
             sample_rng = np.random.default_rng(_seed(key, i))
             batch.append(self._decode(item, sample_rng))

@@ -26,6 +26,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from graft.config import dump_config, load_config
+from graft.dataset.band_stats import band_mean_std, read_band_stats
+from graft.errors import GraftError
+from graft.imagery import BandNorm
 from graft.losses import image_level_loss, pixel_level_loss
 from graft.models.checkpoint import (
     find_latest_checkpoint,
@@ -40,11 +43,13 @@ from graft.storage import atomic_write_text, clean_stale_temps
 from graft.training import distributed as D
 from graft.training.config import TrainConfig
 from graft.training.data import BatchIterator, StreamSpec, check_embedding_cache, split_shards
+from graft.training.run_dir import drop_metrics_after, prepare_run_dir
+from graft.training.validation import Validator, judge, protected_steps, score_history
 
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(GraftError, RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
@@ -105,6 +110,22 @@ def graft_loss(forward, kind: str, images: torch.Tensor, ground: torch.Tensor, o
     return loss * scale, loss.detach()
 
 
+def encoder_band_norm(cfg: TrainConfig, clip_preprocess: dict[str, Any]) -> BandNorm | None:
+    """What a multispectral encoder reads and how (None for an RGB encoder).
+
+    R, G, B keep CLIP's normalisation (its weights were trained on it); every further band is
+    normalised with its mean and std over the training split, from the dataset's band statistics.
+    """
+    bands = cfg.model.bands
+    if bands is None:
+        return None
+    mean, std = list(clip_preprocess["mean"]), list(clip_preprocess["std"])
+    if len(bands) > 3:
+        extra_mean, extra_std = band_mean_std(read_band_stats(cfg.data.dataset), cfg.data.split, bands[3:])
+        mean, std = mean + extra_mean, std + extra_std
+    return BandNorm(tuple(bands), tuple(mean), tuple(std))
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to ``optim.lr``, then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
     o, total = cfg.optim, cfg.train.max_steps
@@ -115,17 +136,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cos)
 
 
-def _param_groups(model: GraftModel, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+EXTRA_BANDS_PARAM = "visual.conv1.extra."  # a multispectral encoder's zero-initialised patch embedding
+
+
+def _param_groups(model: GraftModel, weight_decay: float, extra_bands_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    decay, no_decay, extra = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        if EXTRA_BANDS_PARAM in name:
+            extra.append(p)
         # Biases, norms, embeddings and the temperature are not decayed (standard for ViT/CLIP).
-        if p.ndim < 2 or "embedding" in name or "log_temperature" in name:
+        elif p.ndim < 2 or "embedding" in name or "log_temperature" in name:
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if extra:
+        groups.append({"params": extra, "weight_decay": weight_decay, "lr_scale": extra_bands_lr_scale})
+    return groups
 
 
 @dataclass
@@ -136,6 +165,7 @@ class TrainSummary:
     checkpoint: str | None
     seconds: float
     tiles_per_s: float
+    validation: str | None = None  # the end-of-run verdict of the validation signal, with its hint
 
 
 class Trainer:
@@ -145,8 +175,15 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         torch.manual_seed(cfg.train.seed)
         dev = self.info.device
+        shards = split_shards(cfg.data.dataset, cfg.data.split)
+        if not live_ground:
+            # Before the tower loads (minutes for a large one): a missing or foreign cache fails at once.
+            check_embedding_cache(shards, cfg.clip.weights_record())
         self.bundle = load_clip(cfg.clip, device="cpu")
-        encoder = build_encoder(cfg.model.kind, self.bundle.model.visual)
+        pcfg = self.bundle.model.visual.preprocess_cfg
+        self.band_norm = encoder_band_norm(cfg, pcfg)
+        encoder = build_encoder(cfg.model.kind, self.bundle.model.visual,
+                                in_chans=self.band_norm.channels if self.band_norm else 3)
         if cfg.model.grad_checkpointing:
             encoder.set_grad_checkpointing(True)
         self.model = GraftModel(encoder, cfg.loss.temperature, cfg.loss.learn_temperature,
@@ -158,25 +195,27 @@ class Trainer:
         self.ddp = DDP(self.model) if self.info.enabled else self.model
         self.forward = torch.compile(self.ddp) if cfg.model.compile else self.ddp
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+            _param_groups(self.model, cfg.optim.weight_decay, cfg.optim.extra_bands_lr_scale), lr=cfg.optim.lr,
             betas=cfg.optim.betas, eps=cfg.optim.eps,
         )
         self.step = 0
         self.bad_total = 0
         self.bad_run = 0
         self.data_state = {"epoch": 0, "batch_in_epoch": 0}
-        pcfg = self.bundle.model.visual.preprocess_cfg
-        shards = split_shards(cfg.data.dataset, cfg.data.split)
+        norm = self.band_norm
         if not live_ground:
             check_embedding_cache(shards, spec_record(self.bundle))
         self.stream = StreamSpec(
             shards=shards, split=cfg.data.split, batch_size=cfg.data.batch_size,
             crop_size=encoder.image_size, patch_size=encoder.patch_size,
-            mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]), seed=cfg.train.seed,
+            mean=norm.mean if norm else tuple(pcfg["mean"]), std=norm.std if norm else tuple(pcfg["std"]),
+            bands=norm.bands if norm else None, seed=cfg.train.seed,
             rank=self.info.rank, world_size=self.info.world_size, flips=cfg.data.flips, rot90=cfg.data.rot90,
             shuffle_buffer=cfg.data.shuffle_buffer, max_photos=cfg.data.max_photos_per_tile,
-            live_ground=live_ground, photo_transform=self.bundle.preprocess if live_ground else None,
+            interleave=cfg.data.shards_per_worker, live_ground=live_ground, photo_transform=self.bundle.preprocess if live_ground else None,
         )
+        self.validator = Validator(cfg, self.stream, self.tower.encode_images if live_ground else None)
+        self.last_validation: dict[str, float] | None = None
 
     # -- checkpoints --------------------------------------------------------------------------
     def _encoder_state(self) -> dict[str, torch.Tensor]:
@@ -196,9 +235,11 @@ class Trainer:
             }
             meta = {"kind": self.cfg.model.kind, "clip": self.cfg.clip.model_dump(),
                     "embed_dim": self.bundle.embed_dim, "input_size": self.model.encoder.image_size,
-                    "patch_size": self.model.encoder.patch_size}
+                    "patch_size": self.model.encoder.patch_size, "validation": self.last_validation,
+                    "bands": self.band_norm.to_json() if self.band_norm else None}
             path = save_checkpoint(self.run_dir, self.step, self._encoder_state(), trainer_state, meta,
-                                   dump_config(self.cfg), keep_last=self.cfg.train.keep_last)
+                                   dump_config(self.cfg), keep_last=self.cfg.train.keep_last,
+                                   keep_steps=protected_steps(self.run_dir, self.last_validation, self.step))
         if self.info.enabled:
             torch.distributed.barrier()
         return path
@@ -246,7 +287,7 @@ class Trainer:
         """One optimiser step over ``grad_accum`` micro-batches; None if the step was skipped."""
         lr = lr_at(self.step, self.cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         finite = True
@@ -310,51 +351,28 @@ class Trainer:
                 self._log(writer, {"loss": loss, "lr": lr_at(self.step - 1, cfg), "tiles_per_s": rate,
                                    "temperature": float(self.model.log_temperature.exp()),
                                    "bad_steps": self.bad_total})
-            if cfg.train.alignment_every and self.step % cfg.train.alignment_every == 0:
-                score = self.alignment()
-                if self.info.is_main and score is not None:
-                    self._log(writer, {"alignment": score})
+            if self.info.is_main and self.validator.due(self.step):
+                self.last_validation = self.validator.run(self.model.encoder, self.info.device)
+                if self.last_validation is not None:
+                    self._log(writer, self.last_validation)
             if self.step % cfg.train.ckpt_every == 0 or self.step == cfg.train.max_steps:
                 last_ckpt = self.save()
         bar.close()
         if writer is not None:
             writer.close()
         secs = time.time() - t0
+        verdict = judge(score_history(self.run_dir), self.run_dir).message if self.validator.active else None
+        if verdict and self.info.is_main:
+            log.info("%s", verdict)
         return TrainSummary(steps=self.step, final_loss=loss, bad_steps=self.bad_total,
                             checkpoint=str(last_ckpt) if last_ckpt else None, seconds=secs,
-                            tiles_per_s=tiles / max(secs, 1e-9))
+                            tiles_per_s=tiles / max(secs, 1e-9), validation=verdict)
 
     def _log(self, writer, scalars: dict[str, float]) -> None:
         for k, v in scalars.items():
             writer.add_scalar(f"train/{k}", v, self.step)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, **scalars}) + "\n")
-
-    @torch.no_grad()
-    def alignment(self) -> float | None:
-        """Mutual-kNN alignment between tile embeddings and their photos' mean embedding on a held-out split."""
-        from graft.evaluation.alignment import alignment_score
-
-        try:
-            shards = split_shards(self.cfg.data.dataset, self.cfg.train.alignment_split)
-        except Exception as e:  # noqa: BLE001 - alignment is a diagnostic; never stop training for it
-            log.warning("alignment skipped: %s", e)
-            return None
-        spec = StreamSpec(**{**self.stream.__dict__, "shards": shards, "split": self.cfg.train.alignment_split,
-                             "train": False, "rank": 0, "world_size": 1})
-        self.model.eval()
-        sats, grounds = [], []
-        for batch in BatchIterator(spec, 0)._it:
-            dev = self.info.device
-            emb = self.model.encoder.encode_image(batch["images"].to(dev))
-            g = self.tower.encode_images(batch["photos"].to(dev)) if self.live else batch["ground"].to(dev)
-            mean = torch.zeros(emb.shape[0], g.shape[1], device=dev).index_add_(0, batch["owner"].to(dev), g)
-            sats.append(emb.float().cpu())
-            grounds.append(torch.nn.functional.normalize(mean, dim=-1).cpu())
-        self.model.train()
-        if not sats:
-            return None
-        return float(alignment_score(torch.cat(sats).numpy(), torch.cat(grounds).numpy()))
 
 
 class _nullctx:
@@ -372,14 +390,26 @@ def _tb_writer(run_dir: Path):
 
 
 def train(cfg: TrainConfig, resume: str | None = None, live_ground: bool = False,
-          stop_after: int | None = None) -> TrainSummary:
-    """Python API: set up (DDP if under torchrun), optionally resume, train."""
+          stop_after: int | None = None, overwrite: bool = False) -> TrainSummary:
+    """Python API: set up (DDP if under torchrun), optionally resume, train.
+
+    Args:
+        cfg: the validated training config.
+        resume: ``"latest"`` (the newest valid checkpoint of ``cfg.run_dir``, if any) or a checkpoint folder.
+        live_ground: embed ground photos with the frozen tower on the fly instead of reading the cache.
+        stop_after: stop after this many more steps (tests).
+        overwrite: start again in a run folder that holds a run; the old one is moved to ``previous-N/``.
+
+    Raises:
+        RunFolderInUse: ``cfg.run_dir`` holds a run and neither ``resume`` nor ``overwrite`` is given.
+    """
+    prepare_run_dir(cfg.run_dir, resume, overwrite)
     info = D.setup(cfg.train.device)
     try:
         np.random.seed(cfg.train.seed)
         trainer = Trainer(cfg, live_ground=live_ground, info=info)
-        if resume:
-            trainer.resume(resume)
+        if resume and trainer.resume(resume) and info.is_main:
+            drop_metrics_after(cfg.run_dir, trainer.step)
         return trainer.fit(stop_after=stop_after)
     finally:
         D.teardown()
@@ -387,7 +417,7 @@ def train(cfg: TrainConfig, resume: str | None = None, live_ground: bool = False
 
 def run_train_command(args) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    summary = train(cfg, resume=args.resume, live_ground=args.live_ground)
+    summary = train(cfg, resume=args.resume, live_ground=args.live_ground, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"\ntrained {cfg.model.kind}-level encoder: {summary.steps} steps, final loss {summary.final_loss:.4f}, "
@@ -395,4 +425,6 @@ def run_train_command(args) -> int:
             f"checkpoint: {summary.checkpoint}\nrun folder: {cfg.run_dir} (TensorBoard: tensorboard --logdir "
             f"{cfg.run_dir}/tb)"
         )
+        if summary.validation:
+            print(summary.validation)
     return 0

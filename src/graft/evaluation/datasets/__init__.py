@@ -54,6 +54,7 @@ from graft.evaluation.datasets.base import (
 )
 from graft.evaluation.datasets.imagefolder import ClassificationSet, find_class_root, load_imagefolder
 from graft.evaluation.datasets.loaders import (
+    BandTensorDataset,
     Batch,
     ImageTensorDataset,
     LabelledTensorDataset,
@@ -72,7 +73,7 @@ from graft.evaluation.datasets.registry import (
 from graft.evaluation.datasets.segmentation import SegmentationSet, load_segmentation
 
 __all__ = [
-    "ALL_KINDS", "BENCHMARKS", "CLASSIFICATION_KINDS", "IGNORE_INDEX", "IMAGE_EXTS", "MULTILABEL_KINDS",
+    "ALL_KINDS", "BENCHMARKS", "BandTensorDataset", "CLASSIFICATION_KINDS", "IGNORE_INDEX", "IMAGE_EXTS", "MULTILABEL_KINDS",
     "Batch", "BenchmarkInfo", "ClassificationSet", "DatasetNotFoundError", "EvalSet", "ImageReadError",
     "ImageTensorDataset", "LabelledTensorDataset", "PairSet", "SegmentationSet", "SegmentationTensorDataset",
     "collate_images", "find_class_root", "load_benchmark", "load_csv_multilabel", "load_graft_pairs",

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from graft.dataset.layout import TILE_SHARDS_GLOB
-from graft.imagery import tile_to_rgb8
+from graft.errors import GraftError
+from graft.imagery import rgb_band_indexes, tile_to_rgb8
 from graft.rejections import Rejected, Rejections
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -22,7 +23,7 @@ TIFF_EXTS = (".tif", ".tiff")
 IGNORE_INDEX = 255
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(GraftError, FileNotFoundError):
     """A benchmark is not where the config says. The message says where to get it and how to lay it out."""
 
 
@@ -48,6 +49,14 @@ class EvalSet:
     def read_rgb(self, i: int) -> np.ndarray:
         """Item ``i`` as (H, W, 3) uint8 RGB; raises :class:`ImageReadError` if it cannot be read."""
         raise NotImplementedError
+
+    def read_bands(self, i: int) -> tuple[np.ndarray, list[str]]:
+        """Item ``i`` as (bands, H, W) at full precision, and the bands' names (for multispectral models).
+
+        Raises:
+            ImageReadError: the image cannot be read, or the set does not say which bands it holds.
+        """
+        raise ImageReadError("no_band_names", f"{self.name} ({self.kind}) does not name its images' bands")
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> Any:
         """The same set restricted to items ``idx`` (in that order); the rejection ledger is shared."""
@@ -95,6 +104,10 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
         "ROOT/<Class>/<Class>_<n>.jpg (RGB) or .tif (13-band; set rgb_bands: [4, 3, 2])",
         ("EuroSAT_RGB", "2750", "EuroSAT_MS", "EuroSAT", "EuroSATallBands", "ds/images/remote_sensing/otherDatasets/sentinel_2/tif"),
         _EUROSAT_NAMES),
+    "eurosat_ms": BenchmarkInfo(
+        "EuroSAT-MS (Sentinel-2, 13 bands, 10 classes)", "https://github.com/phelber/EuroSAT (EuroSAT_MS.zip)",
+        "ROOT/<Class>/<Class>_<n>.tif, 13-band uint16 GeoTIFFs (the archive unpacks to EuroSAT_MS/)",
+        ("EuroSAT_MS", "EuroSATallBands", "ds/images/remote_sensing/otherDatasets/sentinel_2/tif"), _EUROSAT_NAMES),
     "ucmerced": BenchmarkInfo(
         "UC Merced Land Use (21 classes)", "http://weegee.vision.ucmerced.edu/datasets/landuse.html",
         "ROOT/<class>/<class>NN.tif (the archive unpacks to UCMerced_LandUse/Images/)",
@@ -113,6 +126,10 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
         "BigEarthNet (multi-label, Sentinel-2)", "https://bigearth.net/",
         "ROOT/labels.csv with header 'path,labels[,split]' pointing at 3-band RGB images (e.g. B04,B03,B02 "
         "GeoTIFFs); the official per-band patch folders must be converted first (see eval/README.md)"),
+    "bigearthnet_s2": BenchmarkInfo(
+        "BigEarthNet-S2 (multi-label, Sentinel-2, 12 bands)", "https://bigearth.net/ (BigEarthNet-S2 v1.0 or v2.0)",
+        "ROOT/<patch>/<patch>_B01.tif ... _B12.tif + <patch>_labels_metadata.json (v1.0, unpacks to "
+        "BigEarthNet-v1.0/), or ROOT/<tile>/<patch>/<patch>_B01.tif ... with metadata.parquet (v2.0, BigEarthNet-S2/)"),
     "segmentation": BenchmarkInfo(
         "a segmentation set", "(your own data)",
         "ROOT/images/<stem>.png|jpg|tif, ROOT/masks/<stem>.png (class index per pixel, 255 = ignore), "
@@ -124,6 +141,39 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
 
 
 
+def read_image_bands(path: str | os.PathLike, bands: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+    """Every band of a benchmark image at full precision, and their names.
+
+    A TIFF's bands are named by ``bands`` (file order); a 3-band TIFF without names, or any PNG/JPEG,
+    holds R, G, B.
+
+    Raises:
+        ImageReadError: ``unreadable_image``, ``band_count_mismatch`` or ``unnamed_bands``.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_EXTS:
+        return read_rgb(path).transpose(2, 0, 1), ["R", "G", "B"]
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                array = src.read()
+    except RasterioIOError as e:
+        raise ImageReadError("unreadable_image", f"{path}: {e}") from None
+    if bands is None:
+        if array.shape[0] != 3:
+            raise ImageReadError("unnamed_bands", f"{path}: {array.shape[0]} bands without names; give the "
+                                                  f"benchmark's bands (e.g. bands: [B4, B3, B2, B8])")
+        return array, ["R", "G", "B"]
+    if len(bands) != array.shape[0]:
+        raise ImageReadError("band_count_mismatch",
+                             f"{path}: {array.shape[0]} bands, the benchmark names {len(bands)}: {list(bands)}")
+    return array, list(bands)
+
+
 def not_found(kind: str, root: Path, what: str) -> DatasetNotFoundError:
     info = BENCHMARKS[kind]
     return DatasetNotFoundError(
@@ -132,11 +182,14 @@ def not_found(kind: str, root: Path, what: str) -> DatasetNotFoundError:
     )
 
 
-def read_rgb(path: str | os.PathLike, rgb_bands: Sequence[int] | None = None) -> np.ndarray:
+def read_rgb(path: str | os.PathLike, rgb_bands: Sequence[int] | None = None,
+             bands: Sequence[str] | None = None) -> np.ndarray:
     """Any benchmark image -> (H, W, 3) uint8 RGB.
 
     TIFFs are read with rasterio so multi-band and 16-bit GeoTIFFs work; they go through
-    :func:`graft.imagery.tile_to_rgb8`. Other formats are read with PIL.
+    :func:`graft.imagery.tile_to_rgb8`. ``bands`` names a TIFF's bands in file order, and R, G, B
+    are then found by name (``B4, B3, B2`` or ``R, G, B``); ``rgb_bands`` gives them by 1-based
+    position instead. Other formats are read with PIL.
 
     Raises:
         ImageReadError: with reason ``unreadable_image`` or ``unsupported_image``.
@@ -152,7 +205,13 @@ def read_rgb(path: str | os.PathLike, rgb_bands: Sequence[int] | None = None) ->
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 with rasterio.open(path) as src:
                     count = src.count
-                    if rgb_bands:
+                    if bands and not rgb_bands:
+                        if len(bands) != count:
+                            raise ImageReadError("band_count_mismatch",
+                                                 f"{path}: {count} bands, the benchmark names {len(bands)}: "
+                                                 f"{list(bands)}")
+                        arr = src.read(indexes=[i + 1 for i in rgb_band_indexes(bands)])
+                    elif rgb_bands:
                         if max(rgb_bands) > count:
                             raise ImageReadError("unsupported_image",
                                                  f"{path}: rgb_bands {list(rgb_bands)} but the file has {count} bands")

@@ -10,9 +10,19 @@ from typing import ClassVar
 
 import numpy as np
 
-from graft.evaluation.datasets.base import BENCHMARKS, IMAGE_EXTS, EvalSet, not_found, read_rgb
+from graft.evaluation.datasets.base import (
+    BENCHMARKS,
+    IMAGE_EXTS,
+    EvalSet,
+    not_found,
+    read_image_bands,
+    read_rgb,
+)
 from graft.evaluation.datasets.prompts import read_lines, resolve_classnames, resolve_templates
 from graft.rejections import Rejections
+
+# EuroSAT_MS.zip's 13-band GeoTIFFs, in file order (TorchGeo's order: B08A after B08).
+EUROSAT_MS_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B08A", "B09", "B10", "B11", "B12")
 
 
 @dataclass
@@ -25,6 +35,7 @@ class ClassificationSet(EvalSet):
         classnames: the names used in prompts, aligned with ``classes``.
         templates: prompt templates from ``templates.txt``, or None for the defaults.
         splits: (N,) split name of each image from the benchmark's own split files/column, or None.
+        bands: names of the images' bands in file order (multi-band TIFFs), or None.
     """
 
     name: str
@@ -39,6 +50,7 @@ class ClassificationSet(EvalSet):
     splits: np.ndarray | None = None
     rgb_bands: tuple[int, ...] | None = None
     rejections: Rejections = field(default_factory=Rejections)
+    bands: tuple[str, ...] | None = None
 
     per_item: ClassVar[tuple[str, ...]] = ("paths", "targets", "splits")
 
@@ -47,7 +59,10 @@ class ClassificationSet(EvalSet):
         return len(self.classes)
 
     def read_rgb(self, i: int) -> np.ndarray:
-        return read_rgb(self.paths[i], self.rgb_bands)
+        return read_rgb(self.paths[i], self.rgb_bands, self.bands)
+
+    def read_bands(self, i: int) -> tuple[np.ndarray, list[str]]:
+        return read_image_bands(self.paths[i], self.bands)
 
     def relevance(self) -> np.ndarray:
         """(N, C) bool: image n carries class c."""
@@ -119,6 +134,7 @@ def load_imagefolder(
     templates: Sequence[str] | None = None,
     rgb_bands: Sequence[int] | None = None,
     split_files: dict[str, str] | None = None,
+    bands: Sequence[str] | None = None,
 ) -> ClassificationSet:
     """Read an ImageFolder-layout benchmark (EuroSAT, UC Merced, RESISC45, AID or any ``root/<class>/*``).
 
@@ -131,6 +147,8 @@ def load_imagefolder(
         templates: prompt templates; overrides ``templates.txt``.
         rgb_bands: 1-based bands of multi-band TIFFs to use as R, G, B.
         split_files: ``{split: file}``; each file lists image paths relative to the class root, or stems.
+        bands: names of multi-band TIFFs' bands in file order (default for ``eurosat_ms``:
+            :data:`EUROSAT_MS_BANDS`); multispectral models read theirs by name, RGB models R, G, B.
 
     Raises:
         DatasetNotFoundError: no class folders with images under ``root``.
@@ -169,4 +187,5 @@ def load_imagefolder(
         templates=resolve_templates(templates, search),
         splits=_apply_split_files(paths, class_root, split_files, rejections),
         rgb_bands=tuple(rgb_bands) if rgb_bands else None, rejections=rejections,
+        bands=tuple(bands) if bands else (EUROSAT_MS_BANDS if kind == "eurosat_ms" else None),
     )

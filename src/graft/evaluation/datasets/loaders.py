@@ -39,6 +39,25 @@ class ImageTensorDataset(_TransformedSet):
             return None, i, (e.reason, e.detail)
 
 
+class BandTensorDataset(_TransformedSet):
+    """Torch dataset over any set with ``read_bands(i)``, for multispectral models: ``(tensor, index, failure)``.
+
+    The transform is ``to_input(array, band_names)``, the model's input (a model's
+    :meth:`~graft.evaluation.models.LoadedModel.tile_input`); an image lacking one of the model's
+    bands is a ``missing_bands`` failure.
+    """
+
+    def __getitem__(self, i: int):
+        from graft.imagery import BandError
+
+        try:
+            return self.transform(*self.source.read_bands(i)), i, None
+        except ImageReadError as e:
+            return None, i, (e.reason, e.detail)
+        except BandError as e:
+            return None, i, ("missing_bands", str(e))
+
+
 class LabelledTensorDataset(_TransformedSet):
     """Torch dataset yielding ``(tensor, target)`` like torchvision's ImageFolder, for CLIP_benchmark-style
     loops (:func:`graft.evaluation.zeroshot.evaluate_zeroshot`). A bad image raises :class:`ImageReadError`."""

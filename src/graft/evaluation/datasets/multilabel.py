@@ -26,6 +26,7 @@ def load_csv_multilabel(
     classnames: Sequence[str] | None = None,
     templates: Sequence[str] | None = None,
     rgb_bands: Sequence[int] | None = None,
+    bands: Sequence[str] | None = None,
 ) -> ClassificationSet:
     """Read a multi-label set: a CSV with columns ``path,labels[,split]`` (labels split on ``;`` or ``|``).
 
@@ -80,4 +81,5 @@ def load_csv_multilabel(
         templates=resolve_templates(templates, [base]), multilabel=True,
         splits=np.asarray([s for _, _, s in rows]) if has_split else None,
         rgb_bands=tuple(rgb_bands) if rgb_bands else None, rejections=rejections,
+        bands=tuple(bands) if bands else None,
     )

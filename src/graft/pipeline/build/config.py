@@ -82,12 +82,25 @@ class SatelliteConfig(StrictModel):
     tile's chip is the scene nearest the tile's median photo date).
 
     A chip the source rejects for what the data is (``outside_coverage``,
-    ``cloudy_chip``, ``nodata``...) drops its photos as ``tile_<reason>``. A
+    ``cloudy_chip``, ``nodata``, an Earth Engine error that recurs for that request on every try:
+    ``ee_missing_band``, ``ee_asset_not_found``, ``ee_memory_limit``, ``ee_request_too_large``...)
+    drops its photos as ``tile_<reason>``. A
     chip that could not be fetched after the source's retries
     (``fetch_failed:*``, an outage) fails the partition by default
     (``on_fetch_failure: retry_partition``) so that the next run retries it
     instead of baking the outage into the dataset; ``drop_tile`` treats it like
     any other rejection.
+
+    Attributes:
+        kind: ``sentinel2``, ``naip`` (Earth Engine) or ``geotiff`` (local files).
+        sentinel2: the Sentinel-2 source settings (``kind: sentinel2``).
+        naip: the NAIP source settings (``kind: naip``).
+        geotiff: the local GeoTIFF/COG source settings (``kind: geotiff``).
+        earthengine: credentials and endpoint of the Earth Engine sources.
+        tile_size: tile side in pixels (default: the source's).
+        gsd: ground sample distance in metres (default: the source's).
+        time_bin_months: photos share a tile only if taken in the same bin of months.
+        on_fetch_failure: ``retry_partition`` (fail the partition; a re-run retries it) or ``drop_tile``.
     """
 
     kind: Literal["sentinel2", "naip", "geotiff"]
@@ -136,6 +149,16 @@ class BuildConfig(StrictModel):
     """The whole dataset build; see data_pipeline/*.yaml for annotated examples.
 
     Relative paths are relative to the working directory.
+
+    Attributes:
+        out_dir: the dataset folder (shards, manifest.parquet, stats.json); re-running resumes it.
+        region: the area covered and its geographic blocks (partitions and split units).
+        ground: where the ground photos come from and how they are sampled.
+        filter: the indoor filter (photos scored as indoors are rejected).
+        satellite: which satellite imagery each tile gets.
+        split: fractions of blocks per train/val/test split.
+        fetch_workers: I/O threads per process (searches, downloads, chip fetches).
+        seed: seed of every random choice of the build.
     """
 
     out_dir: str
@@ -144,6 +167,9 @@ class BuildConfig(StrictModel):
     filter: IndoorFilterConfig = Field(default_factory=IndoorFilterConfig)
     satellite: SatelliteConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
+    shard_max_tiles: int = Field(
+        1000, ge=1, description="tiles per shard at most: a large block is written as several shards, so "
+        "training can interleave shards of many blocks and spread them over ranks x loader workers")
     fetch_workers: int = Field(16, ge=1)
     gdal_cache_mb: int = Field(
         128, ge=8, description="GDAL's raster block cache per build process (MB). GDAL's default is 5% of RAM, "

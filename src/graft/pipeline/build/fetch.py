@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from graft.dataset.band_stats import BandSums
 from graft.geometry import TileGrid
 from graft.imagery import encode_geotiff
 from graft.pipeline.build.records import PartitionRun, plain
@@ -25,6 +26,7 @@ class FetchedChip:
     source: str
     meta: dict
     tif: bytes
+    band_sums: BandSums  # for the dataset's band statistics, summed while the array is at hand
 
 
 def fetch_chips(run: PartitionRun, tiles: list[PlannedTile]) -> dict[int, FetchedChip | ChipRejected]:
@@ -39,7 +41,8 @@ def fetch_chips(run: PartitionRun, tiles: list[PlannedTile]) -> dict[int, Fetche
         check_chip(chip, tile.grid, run.tile_id(tile.index))
         return FetchedChip(grid=chip.grid, bands=list(chip.bands), date=chip.date,
                            source=chip.source or getattr(source, "name", ""), meta=plain(chip.meta),
-                           tif=encode_geotiff(chip.array, chip.grid))
+                           tif=encode_geotiff(chip.array, chip.grid),
+                           band_sums=BandSums.of_tile(chip.array, list(chip.bands)))
 
     futures = {run.pool.submit(fetch, t): t.index for t in tiles}
     chips: dict[int, FetchedChip | ChipRejected] = {}

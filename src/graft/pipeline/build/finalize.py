@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from affine import Affine
 
+from graft.dataset.band_stats import BandSums, band_stats_document, merged, write_band_stats
 from graft.dataset.layout import shard_files
 from graft.dataset.manifest import concat_parts, read_parts, write_manifest
 from graft.geometry import TileGrid
@@ -51,6 +52,15 @@ def _read_parts(out: Path, wanted: dict[int, str]) -> _Parts:
     return _Parts(*read_parts(out, wanted))
 
 
+def _band_stats(part_stats: list[dict]) -> dict:
+    """The dataset's band statistics, from the exact sums each partition kept of its tiles, per split."""
+    splits = sorted({st["split"] for st in part_stats if st.get("band_sums")})
+    return band_stats_document({
+        split: merged(BandSums.from_json(st["band_sums"]) for st in part_stats
+                      if st["split"] == split and st.get("band_sums"))
+        for split in splits})
+
+
 def finalize(cfg: BuildConfig, plan: Plan, run_info: dict) -> dict:
     """Concatenate the parts into manifest.parquet and write stats.json, the plots and build_config.yaml."""
     t0 = time.perf_counter()
@@ -62,6 +72,7 @@ def finalize(cfg: BuildConfig, plan: Plan, run_info: dict) -> dict:
                     "they are left out of the manifest", len(parts.stale), out, parts.stale[0])
     manifest, tile_table = concat_parts(parts.manifests, parts.tiles)
     write_manifest(out, manifest)
+    write_band_stats(out, _band_stats(parts.stats))
     _plots_and_config(cfg, out, manifest, tile_table)
     totals = _Totals.of(plan, parts.stats)
     photo_level = sum(v for k, v in totals.ledger.counts.items() if not k.startswith(QUERY_LEVEL_PREFIXES))

@@ -37,6 +37,10 @@ class GroundKind(ABC):
         enters it there.
         """
 
+    def queries_per_hour(self, cfg: BuildConfig) -> float | None:
+        """The source's request quota, which a distributed build shares among its workers (default: none)."""
+        return None
+
     def photos_seen(self, counts: Counter, kept: int, rejected: int) -> int:
         """How many photos the build saw, for ``stats.json`` (default: what the plan counted as ``seen``)."""
         return int(counts["seen"])

@@ -19,15 +19,16 @@ from graft.pipeline.build.fetch import fetch_chips
 from graft.pipeline.build.grounds import ground_kind
 from graft.pipeline.build.records import PartitionRun, PartitionTask, PhotoRecord, utc
 from graft.pipeline.build.write import write_partition
-from graft.pipeline.cover import CoverResult, greedy_cover
+from graft.pipeline.cover import CoverResult, PlannedTile, greedy_cover
 from graft.pipeline.photos import PreparedPhoto, prepare_photo
 from graft.pipeline.plots import score_histogram
 from graft.rejections import PhotoRejected
 from graft.sources.base import SatelliteSource
+from graft.sources.retry import RateLimiter
 
 
 def run_partition(cfg: BuildConfig, task: PartitionTask, satellite: SatelliteSource | None = None,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, query_limiter: RateLimiter | None = None) -> dict:
     """Process one partition end to end and write its outputs atomically; returns its stats.
 
     Args:
@@ -35,10 +36,13 @@ def run_partition(cfg: BuildConfig, task: PartitionTask, satellite: SatelliteSou
         task: the partition's id, split and input (photos or query points).
         satellite: a satellite source to use instead of the configured one (custom sources, tests).
         progress: show a bar over this partition's tile fetches.
+        query_limiter: the rate limiter of the ground source's queries when several processes share
+            one quota (a Ray build); None: the source's own, per process.
     """
     t_start = time.perf_counter()
     resources.limit_gdal_cache(cfg.gdal_cache_mb)
     run = PartitionRun(cfg=cfg, task=task, progress=progress, pool=resources.io_pool(cfg.fetch_workers),
+                       query_limiter=query_limiter,
                        satellite=satellite if satellite is not None else resources.satellite(cfg.satellite))
     stats = _run_stages(run, t_start)  # its photos, chips and shards are freed when it returns
     resources.release_free_heap()
@@ -55,10 +59,11 @@ def _run_stages(run: PartitionRun, t_start: float) -> dict:
     run.counts["prepared"] += len(records)
     records = filter_outdoor(run, records)
     cover = cover_tiles(run, records)
+    tiles = guard_split(run, records, cover.tiles)
     with run.stage("fetch_s"):
-        chips = fetch_chips(run, cover.tiles)
+        chips = fetch_chips(run, tiles)
     with run.stage("write_s"):
-        return write_partition(run, records, cover.tiles, chips, t_start)
+        return write_partition(run, records, tiles, chips, t_start)
 
 
 def _check_keys(records: list[PhotoRecord]) -> None:
@@ -139,3 +144,31 @@ def cover_tiles(run: PartitionRun, records: list[PhotoRecord]) -> CoverResult:
     run.counts["tiles_planned"] += len(cover.tiles)
     run.counts["covered"] += sum(len(t.members) for t in cover.tiles)
     return cover
+
+
+def guard_split(run: PartitionRun, records: list[PhotoRecord], tiles: list[PlannedTile]) -> list[PlannedTile]:
+    """Drop the tiles whose footprint reaches into a block of another split, with their photos (``tile_crosses_split``).
+
+    A tile centred near a block edge reaches up to half a tile into the neighbour; kept, a train
+    tile would overlap a val/test tile and the held-out figures would be optimistic. A train tile
+    may also reach into a block no partition holds (no photos there, so no tile of another split);
+    a val/test tile may not, since a train tile may: so a train footprint and a val/test footprint
+    never overlap, and neither do val and test footprints.
+    """
+    region = resources.region(run.cfg)
+    split = run.task.split
+    kept: list[PlannedTile] = []
+    for tile in tiles:
+        crossed = []
+        for b in region.blocks_under(region.footprint(tile.grid)):
+            other = run.task.neighbour_splits.get(b)
+            if b != run.partition and (other != split if other is not None else split != "train"):
+                crossed.append(f"block {b} ({other or 'no partition'})")
+        if not crossed:
+            kept.append(tile)
+            continue
+        run.counts["tiles_crossing_split"] += 1
+        for j in tile.members:
+            run.ledger.add("tile_crosses_split", records[j].photo_id,
+                           f"{run.tile_id(tile.index)} of split {split} reaches into {', '.join(crossed)}")
+    return kept

@@ -17,6 +17,7 @@ from graft.pipeline.build.config import BuildConfig
 from graft.pipeline.photos import PreparedPhoto
 from graft.rejections import Rejections
 from graft.sources.base import GroundPhoto, SatelliteSource
+from graft.sources.retry import RateLimiter
 
 # Rejection examples kept per partition (stats.json keeps up to 1000 overall).
 PART_EXAMPLES = 50
@@ -30,6 +31,11 @@ class PartitionTask:
     split: str
     photos: list[GroundPhoto] = field(default_factory=list)  # folder source: photos of this block
     query_points: list[tuple[float, float]] = field(default_factory=list)  # flickr: (lat, lon) per search
+    # flickr: points of other blocks whose search circles reach into this one (searched again here,
+    # so that every photo found inside the region has a partition that keeps or rejects it)
+    neighbour_points: list[tuple[float, float]] = field(default_factory=list)
+    # Splits of the planned blocks a tile of this partition could reach (the split guard's input).
+    neighbour_splits: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,6 +70,7 @@ class PartitionRun:
     satellite: SatelliteSource
     pool: ThreadPoolExecutor
     progress: bool = False
+    query_limiter: RateLimiter | None = None  # a quota shared with other processes (Ray), else the source's own
     ledger: Rejections = field(default_factory=lambda: Rejections(keep_examples=PART_EXAMPLES))
     counts: Counter[str] = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=dict)
