@@ -194,25 +194,15 @@ def colour_layout(jpeg: bytes) -> np.ndarray:
     return np.asarray(small, dtype=np.float32).ravel() / 255.0
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 30) -> np.ndarray:
-    """Cluster labels of the rows of ``x`` (Lloyd's algorithm from a k-means++ start, seeded)."""
-    rng = np.random.default_rng(seed)
+def kmeans(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Cluster labels of the rows of ``x`` (scikit-learn's k-means, seeded); at most as many clusters as distinct rows."""
+    from sklearn.cluster import KMeans
+
     x = np.asarray(x, dtype=np.float64)
-    centres = [x[rng.integers(len(x))]]
-    for _ in range(1, k):
-        d2 = np.min(((x[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
-        if d2.sum() == 0:  # fewer distinct points than clusters
-            break
-        centres.append(x[rng.choice(len(x), p=d2 / d2.sum())])
-    c = np.asarray(centres)
-    labels = np.zeros(len(x), dtype=np.int64)
-    for _ in range(iterations):
-        labels = ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(axis=1)
-        new = np.asarray([x[labels == j].mean(axis=0) if np.any(labels == j) else c[j] for j in range(len(c))])
-        if np.allclose(new, c):
-            break
-        c = new
-    return labels
+    k = min(k, len(np.unique(x, axis=0)))
+    if k <= 1:
+        return np.zeros(len(x), dtype=np.int64)
+    return KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x).astype(np.int64)
 
 
 def _save_sample(path: Path, sample: FilterSample, fingerprint: str) -> None:
