@@ -43,6 +43,7 @@ from graft.demo.exif import gps_exif
 from graft.evaluation.datasets import load_csv_multilabel, load_imagefolder, load_segmentation
 from graft.geometry import crs_to_lonlat
 from graft.pipeline.build import BuildConfig, build_dataset
+from graft.pipeline.build.empty_build import EmptyBuildError
 from graft.pipeline.region import Region, RegionConfig
 from graft.sources.earthengine import Sentinel2Source
 from graft.sources.folder import photo_id_for
@@ -405,8 +406,10 @@ def test_fully_cloudy_chips_drop_their_photos(corpus, built, tmp_path, monkeypat
 
 
 def test_a_region_without_photos_builds_an_empty_dataset(corpus, built, tmp_path):
-    summary = build_dataset(_config(corpus, tmp_path / "empty", region=[10.0, 46.0, 10.05, 46.04]))
-    stats = summary.stats
+    # An empty build is an error (issue 12), raised after its stats and manifest are written.
+    with pytest.raises(EmptyBuildError, match="outside_region") as caught:
+        build_dataset(_config(corpus, tmp_path / "empty", region=[10.0, 46.0, 10.05, 46.04]))
+    stats = caught.value.summary.stats
     assert pq.read_table(tmp_path / "empty" / "manifest.parquet").num_rows == 0
     assert stats["photos"]["kept"] == 0 and stats["tiles"] == 0 and stats["failures"] == []
     assert stats["partitions"]["planned"] == 0

@@ -85,9 +85,9 @@ def test_makefile_and_readmes_use_the_recipe_paths(recipes):
         for name in names:
             assert f"{folder}/{name}" in make, f"no make target runs {folder}/{name}"
     # Every file a README, script or the Makefile names exists, and every runs/ path it names is
-    # written by a recipe (or by the demo, or by the README's notebook example).
+    # written by a recipe (or by the demos, the README's notebook example, or graft map's default cache).
     written = (datasets | runs | {f"{r}-export" for r in runs} | {c.out_dir for c in evals.values()}
-               | {"runs/demo", "runs/notebook"})
+               | {"runs/demo", "runs/demo-ms", "runs/notebook", "runs/map"})
     for doc in [*READMES, "Makefile", "train/torchrun.sh", "train/slurm.sbatch"]:
         text = (REPO / doc).read_text()
         for ref in re.findall(r"\b((?:data_pipeline|train|eval)/[\w.-]+\.yaml)\b", text):

@@ -66,7 +66,7 @@ def part_dirs(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return found
 
 
-def shard_listing(out_dir: str | os.PathLike) -> str:
-    """The shard files of a dataset, as a line for a command's summary."""
+def shard_files(out_dir: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """The tile shards and the photo shards that exist in a dataset folder, each sorted."""
     out = Path(out_dir)
-    return f"{out / TILES_DIR}/tiles-*.tar, {out / PHOTOS_DIR}/photos-*.tar"
+    return sorted(out.glob(TILE_SHARDS_GLOB)), sorted(out.glob(PHOTO_SHARDS_GLOB))

@@ -136,7 +136,8 @@ class BenchmarkEntry(StrictModel):
     # picks sets: the config's own (ground, satellite, ...) or 'clip_benchmark' (CLIP_benchmark's prompts).
     templates: dict[str, list[str]] | list[str] | str | None = None
     rgb_bands: list[int] | None = None  # 1-based bands of multi-band TIFFs used as R, G, B
-    bands: list[str] | None = None  # names of multi-band TIFFs' bands in file order (multispectral models)
+    bands: list[str] | None = Field(default=None, description="names of multi-band TIFFs' bands in file order "
+                                    "(a multispectral model reads its own bands by name)")
     csv: str = "labels.csv"  # multi-label sets: CSV file name under root
     splits: dict[str, str] | None = None  # ImageFolder sets: {split: file listing its images}
     eval_split: str = "test"  # split scored by zero-shot/retrieval/probes when the set has splits

@@ -113,6 +113,12 @@ class IndoorFilterConfig(StrictModel):
         cache_dir: where URL weights are downloaded (default: the torch hub cache).
         clip: the CLIP tower for ``kind: clip``.
         prompts: the indoor and outdoor prompts for ``kind: clip``.
+        max_reject_share: the build stops, before any tile is fetched, when the filter rejects more
+            than this share of a sample of the build's photos (see
+            :mod:`graft.pipeline.build.filter_guard` and data_pipeline/README.md for the default).
+        check_sample: photos in that sample (0 turns the check off).
+        check_clusters: clusters of the sample's colour-layout descriptors whose rejection shares the
+            check reports, so that a filter rejecting whole kinds of scene shows as such.
     """
 
     kind: Literal["resnet18-places365", "resnet18-binary", "clip", "none"] = "resnet18-places365"
@@ -125,6 +131,9 @@ class IndoorFilterConfig(StrictModel):
     cache_dir: str | None = None
     clip: ClipSpec = Field(default_factory=ClipSpec)
     prompts: FilterPrompts = Field(default_factory=FilterPrompts)
+    max_reject_share: float = Field(default=0.35, ge=0.0, le=1.0)
+    check_sample: int = Field(default=2000, ge=0)
+    check_clusters: int = Field(default=8, ge=1)
 
     @model_validator(mode="after")
     def _decision_fits_kind(self) -> IndoorFilterConfig:

@@ -1,4 +1,5 @@
-"""The dataset's diagnostic plots: ``map.png`` and ``photos_per_tile.png`` (matplotlib, Agg backend)."""
+"""The dataset's diagnostic plots: ``map.png``, ``photos_per_tile.png`` and the indoor filter's score
+histograms ``filter_scores.png`` / ``filter_check.png`` (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from graft.storage import atomic_path  # noqa: E402
 SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 MAX_POINTS = 200_000  # beyond this the scatter is subsampled: the map stays readable and small
 MAX_FOOTPRINTS = 20_000  # beyond this tiles are drawn as centre dots instead of outlines
+SCORE_BINS = 20  # the filter score histogram's bins over [0, 1]: partitions store counts, the plot draws them
 
 
 def _save(fig, path: str | os.PathLike) -> None:
@@ -99,4 +101,30 @@ def plot_photos_per_tile(path: str | os.PathLike, counts: Sequence[int], cap: in
     ax.set_xlabel("photos per tile")
     ax.set_ylabel("tiles")
     ax.legend(loc="upper right")
+    _save(fig, path)
+
+
+def score_histogram(scores: Sequence[float] | np.ndarray) -> list[int]:
+    """Counts of outdoor scores in ``SCORE_BINS`` equal bins over [0, 1]: what a partition stores, summable."""
+    clipped = np.clip(np.asarray(scores, dtype=float), 0.0, 1.0)
+    return np.histogram(clipped, bins=SCORE_BINS, range=(0.0, 1.0))[0].tolist()
+
+
+def plot_filter_scores(path: str | os.PathLike, counts: Sequence[int], threshold: float, title: str) -> None:
+    """The indoor filter's outdoor-score histogram (``SCORE_BINS`` bins over [0, 1]), with the threshold marked.
+
+    Bins below the threshold (rejected as indoor) are red, the others blue; a filter that fits the data
+    shows two separated humps, one that does not a smear, or a hump on the wrong side of the line.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    counts = np.asarray(counts, dtype=int)
+    edges = np.linspace(0.0, 1.0, SCORE_BINS + 1)
+    colours = ["#d62728" if hi <= threshold else "#1f77b4" for hi in edges[1:]]
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=colours, edgecolor="white", linewidth=0.5)
+    ax.axvline(threshold, color="k", linestyle="--", linewidth=0.8, label=f"threshold = {threshold:g}")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("outdoor score (red: rejected as indoor)")
+    ax.set_ylabel("photos")
+    ax.set_title(title if counts.sum() else f"{title} (no photo scored)", fontsize=9)
+    ax.legend(loc="upper center")
     _save(fig, path)

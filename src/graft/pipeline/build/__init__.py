@@ -20,11 +20,16 @@ block is one *partition*, processed by one task from start to end:
    atomically: the folder is the completion marker. A re-run skips partitions
    whose folder exists; shards orphaned by a killed run are overwritten.
 
+Before the partitions run, :mod:`~graft.pipeline.build.filter_guard` filters a sample of the build's
+photos and stops the build, before any tile is fetched, when the indoor filter rejects more than
+``filter.max_reject_share`` of it. A build that ends with no photo or no tile raises
+:class:`~graft.pipeline.build.empty_build.EmptyBuildError` with the reasons and what to do.
+
 Every random choice is seeded from the config seed and the partition id, so
 a build killed at any point and resumed, a build with several local workers,
 and a Ray build all produce the same manifest. Finalising (always re-run, it
 is cheap) concatenates the parts into ``manifest.parquet`` and writes
-``stats.json``, ``map.png``, ``photos_per_tile.png`` and ``build_config.yaml``.
+``stats.json``, ``map.png``, ``photos_per_tile.png``, ``filter_scores.png`` and ``build_config.yaml``.
 
 Where each part lives:
 
@@ -38,7 +43,9 @@ Where each part lives:
 - :mod:`~graft.pipeline.build.partition` (with :mod:`~graft.pipeline.build.fetch` and
   :mod:`~graft.pipeline.build.write`): one partition's stages, on :mod:`~graft.pipeline.build.records`;
 - :mod:`~graft.pipeline.build.distributors`: local threads or Ray tasks over partitions;
+- :mod:`~graft.pipeline.build.filter_guard`: the indoor filter's check on a sample, before any fetch;
 - :mod:`~graft.pipeline.build.finalize`: the manifest, ``stats.json``, plots and the summary;
+- :mod:`~graft.pipeline.build.empty_build`: why a build kept nothing, and what to do;
 - :mod:`~graft.pipeline.build.driver`: :func:`build_dataset` and ``graft build``;
 """
 
@@ -52,6 +59,7 @@ from graft.pipeline.build.config import (
     load_build_config,
 )
 from graft.pipeline.build.driver import build_dataset, run_build_command
+from graft.pipeline.build.empty_build import EmptyBuildError
 from graft.pipeline.build.finalize import BuildSummary, finalize
 from graft.pipeline.build.partition import run_partition
 from graft.pipeline.build.planning import plan_build
@@ -59,7 +67,7 @@ from graft.pipeline.build.records import PartitionTask, Plan
 from graft.pipeline.build.resources import make_satellite_source
 
 __all__ = [
-    "MANIFEST_SCHEMA", "TILES_SCHEMA", "BuildConfig", "BuildSummary", "GroundConfig", "PartitionTask", "Plan",
+    "MANIFEST_SCHEMA", "TILES_SCHEMA", "BuildConfig", "BuildSummary", "EmptyBuildError", "GroundConfig", "PartitionTask", "Plan",
     "SatelliteConfig", "build_dataset", "config_yaml", "finalize", "load_build_config", "make_satellite_source",
     "part_dir", "plan_build", "run_build_command", "run_partition",
 ]

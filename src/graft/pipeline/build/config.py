@@ -185,8 +185,8 @@ class BuildConfig(StrictModel):
         build may be resumed on another machine or with other limits.
         """
         data = self.model_dump(mode="json", exclude={"out_dir", "fetch_workers", "gdal_cache_mb"})
-        data["filter"].pop("device", None)
-        data["filter"].pop("cache_dir", None)
+        for key in ("device", "cache_dir", "max_reject_share", "check_sample", "check_clusters"):
+            data["filter"].pop(key, None)  # the guard's limits decide whether a build runs, not what it holds
         data["satellite"].pop("earthengine", None)
         for section, keys in (("folder", ("workers",)),
                               ("flickr", ("api_key_env", "api_secret_env", "rest_url", "queries_per_hour",

@@ -15,6 +15,8 @@ from graft.dataset.manifest import read_part_stats
 from graft.pipeline.build import resources
 from graft.pipeline.build.config import BuildConfig, load_build_config
 from graft.pipeline.build.distributors import run_local, run_ray
+from graft.pipeline.build.empty_build import EmptyBuildError, empty_build_message
+from graft.pipeline.build.filter_guard import check_filter
 from graft.pipeline.build.finalize import BuildSummary, finalize
 from graft.pipeline.build.grounds import ground_kind
 from graft.pipeline.build.planning import plan_build
@@ -39,6 +41,12 @@ def build_dataset(cfg: BuildConfig, distributor: str = "local", workers: int | N
 
     Returns:
         The summary; ``summary.stats`` is what ``stats.json`` holds.
+
+    Raises:
+        FilterGuardError: the indoor filter rejected more of a sample of the photos than
+            ``filter.max_reject_share`` allows (raised before any tile is fetched).
+        EmptyBuildError: the build kept no photo or no tile (and no partition failed); the message
+            gives the top rejection reasons and what to do for each, ``.summary`` the summary.
     """
     if distributor not in ("local", "ray"):
         raise ConfigError(f"--distributor must be 'local' or 'ray', got {distributor!r}")
@@ -56,11 +64,18 @@ def build_dataset(cfg: BuildConfig, distributor: str = "local", workers: int | N
     todo = [t for t in plan.tasks if t.partition not in done]
     log.info("%d partitions: %d already built, %d to build (%s)", len(plan.tasks), len(done), len(todo),
              distributor)
+    if todo:
+        check_filter(cfg, plan)  # stops a build whose filter rejects implausibly many photos, before any fetch
     built, failures = _run_partitions(cfg, todo, distributor, workers, satellite)
     run_info = {"partitions": {"done": built, "skipped": len(done), "failed": len(failures)},
                 "failures": failures, "wall_s": round(time.perf_counter() - t0, 3),
                 "satellite_files": sat_ledger.to_json() if isinstance(sat_ledger, Rejections) else None}
-    return BuildSummary(out_dir=out, stats=finalize(cfg, plan, run_info))
+    summary = BuildSummary(out_dir=out, stats=finalize(cfg, plan, run_info))
+    if not failures and (summary.stats["photos"]["kept"] == 0 or summary.stats["tiles"] == 0):
+        # Failed partitions are retried by a re-run and reported by the summary; an empty build
+        # without failures is the input's fault and says why.
+        raise EmptyBuildError(empty_build_message(cfg, summary.stats, plan.photo_extent), summary)
+    return summary
 
 
 def _preflight(cfg: BuildConfig, distributor: str, satellite: SatelliteSource | None) -> Rejections | None:

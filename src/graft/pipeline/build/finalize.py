@@ -1,7 +1,11 @@
-"""Finalising a build (always re-run, it is cheap): parts -> manifest.parquet, stats.json, plots, config; the summary."""
+"""Finalising a build (always re-run, it is cheap): parts -> manifest.parquet, stats.json, plots, config; the summary.
+
+The plots: ``map.png``, ``photos_per_tile.png`` and, when a filter runs, ``filter_scores.png``.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -13,19 +17,22 @@ import pyarrow as pa
 from affine import Affine
 
 from graft.dataset.band_stats import BandSums, band_stats_document, merged, write_band_stats
-from graft.dataset.layout import shard_listing
+from graft.dataset.layout import shard_files
 from graft.dataset.manifest import concat_parts, read_parts, write_manifest
 from graft.geometry import TileGrid
 from graft.pipeline.build import resources
 from graft.pipeline.build.config import BuildConfig, config_yaml
+from graft.pipeline.build.filter_guard import MIN_SAMPLE
 from graft.pipeline.build.grounds import ground_kind
 from graft.pipeline.build.records import Plan
-from graft.pipeline.plots import plot_map, plot_photos_per_tile
+from graft.pipeline.plots import SCORE_BINS, plot_filter_scores, plot_map, plot_photos_per_tile
 from graft.pipeline.split import SPLITS
 from graft.rejections import Rejections
 from graft.storage import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
+
+LISTED_SHARDS = 10  # the summary names each shard up to this many per kind, beyond it their folder and range
 
 # Rejection reasons that count queries, not photos (Flickr's failed/truncated searches).
 QUERY_LEVEL_PREFIXES = ("query_",)
@@ -85,12 +92,40 @@ def finalize(cfg: BuildConfig, plan: Plan, run_info: dict) -> dict:
                        "stale": parts.stale},
         "failures": run_info["failures"],
         "satellite_file_rejections": run_info.get("satellite_files"),
-        "filter": {"kind": cfg.filter.kind, "threshold": cfg.filter.threshold},
+        "filter": _filter_stats(cfg, out, parts.stats, totals),
         "satellite": {"kind": cfg.satellite.kind, "tile_size": cfg.satellite.tile_size,
                       "gsd": cfg.satellite.gsd, "time_bin_months": cfg.satellite.bin_months},
         "timings": {k: round(v, 3) for k, v in sorted(totals.timings.items())} | {"wall_s": run_info["wall_s"]},
     }
     atomic_write_json(out / "stats.json", stats)
+    return stats
+
+
+def _filter_stats(cfg: BuildConfig, out: Path, part_stats: list[dict], totals: _Totals) -> dict:
+    """The filter, the whole build's score histogram and rejected share (plotted in ``filter_scores.png``),
+    and the guard's verdict on its sample; warns when the whole build rejected more than the guard allows."""
+    fc = cfg.filter
+    hist = np.zeros(SCORE_BINS, dtype=np.int64)
+    for st in part_stats:
+        if st.get("filter_score_hist"):  # parts written before the histogram existed have none
+            hist += np.asarray(st["filter_score_hist"], dtype=np.int64)
+    scored = int(hist.sum())
+    rejected = int(totals.ledger.counts.get("indoor", 0))
+    share = rejected / scored if scored else 0.0
+    stats: dict = {"kind": fc.kind, "threshold": fc.threshold, "scored": scored, "rejected": rejected,
+                   "rejected_share": round(share, 4), "max_reject_share": fc.max_reject_share,
+                   "score_histogram": hist.tolist()}
+    check = out / "filter_check.json"
+    if check.is_file():
+        verdict = json.loads(check.read_text())
+        stats["check"] = {k: verdict[k] for k in ("photos", "rejected", "rejected_share", "stopped")}
+    if fc.kind != "none":
+        plot_filter_scores(out / "filter_scores.png", hist.tolist(), fc.threshold,
+                           f"indoor filter ({fc.kind}): {scored} photos scored, {share:.0%} rejected")
+        if scored >= MIN_SAMPLE and share > fc.max_reject_share:
+            log.warning("the indoor filter rejected %.0f%% of the build's %d photos, above filter.max_reject_share "
+                        "%.0f%% (its sample had passed the check): see %s", 100 * share, scored,
+                        100 * fc.max_reject_share, out / "filter_scores.png")
     return stats
 
 
@@ -168,7 +203,17 @@ class BuildSummary:
         if self.failed:
             lines.append("  re-run the same command to retry the failed partitions")
         lines.append("")
-        for name in ("manifest.parquet", "stats.json", "map.png", "photos_per_tile.png", "build_config.yaml"):
-            lines.append(f"  {self.out_dir / name}")
-        lines.append(f"  {shard_listing(self.out_dir)}")
+        lines.extend(f"  {line}" for line in self.outputs())
         return "\n".join(lines)
+
+    def outputs(self) -> list[str]:
+        """The build's output files that exist: the dataset-level files, then the shards (a range when many)."""
+        names = ("manifest.parquet", "stats.json", "map.png", "photos_per_tile.png", "filter_scores.png",
+                 "build_config.yaml")
+        lines = [str(self.out_dir / n) for n in names if (self.out_dir / n).is_file()]
+        for shards in shard_files(self.out_dir):
+            if len(shards) <= LISTED_SHARDS:
+                lines.extend(str(p) for p in shards)
+            else:
+                lines.append(f"{shards[0].parent} ({len(shards)} shards, {shards[0].name} .. {shards[-1].name})")
+        return lines

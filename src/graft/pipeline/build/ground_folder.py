@@ -40,7 +40,7 @@ class FolderGround(GroundKind):
         counts["assigned"] = sum(len(v) for v in by_block.values())
         splits = assign_splits(list(by_block), cfg.split)
         tasks = [PartitionTask(partition=b, split=splits[b], photos=by_block[b]) for b in sorted(by_block)]
-        return Plan(tasks, ledger, counts, timings)
+        return Plan(tasks, ledger, counts, timings, photo_extent=_extent(scanned))
 
     def gather(self, run: PartitionRun, stack: ExitStack) -> list[PhotoRecord]:
         run.counts["input"] += len(run.task.photos)
@@ -57,6 +57,15 @@ class FolderGround(GroundKind):
             return load
 
         return [PhotoRecord(p, loader(p)) for p in run.task.photos]
+
+
+def _extent(photos: list[GroundPhoto]) -> tuple[float, float, float, float] | None:
+    """(min_lon, min_lat, max_lon, max_lat) of the photos, or None when there are none."""
+    if not photos:
+        return None
+    lon = [p.lon for p in photos]
+    lat = [p.lat for p in photos]
+    return (min(lon), min(lat), max(lon), max(lat))
 
 
 def _usable(cfg: BuildConfig, region: Region, scanned: list[GroundPhoto], ledger: Rejections) -> list[GroundPhoto]:

@@ -21,6 +21,7 @@ from graft.pipeline.build.records import PartitionRun, PartitionTask, PhotoRecor
 from graft.pipeline.build.write import write_partition
 from graft.pipeline.cover import CoverResult, PlannedTile, greedy_cover
 from graft.pipeline.photos import PreparedPhoto, prepare_photo
+from graft.pipeline.plots import score_histogram
 from graft.rejections import PhotoRejected
 from graft.sources.base import SatelliteSource
 from graft.sources.retry import RateLimiter
@@ -124,6 +125,7 @@ def filter_outdoor(run: PartitionRun, records: list[PhotoRecord]) -> list[PhotoR
         else:
             run.ledger.add("indoor", record.photo_id, f"outdoor score {s:.3f} < {run.cfg.filter.threshold}")
     run.counts["outdoor"] += len(outdoor)
+    run.filter_score_hist = score_histogram(scores)  # every scored photo, kept or not: finalize plots the sum
     return sorted(outdoor, key=lambda r: r.photo_id)
 
 

@@ -74,6 +74,7 @@ class PartitionRun:
     ledger: Rejections = field(default_factory=lambda: Rejections(keep_examples=PART_EXAMPLES))
     counts: Counter[str] = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=dict)
+    filter_score_hist: list[int] = field(default_factory=list)  # the filter stage's score histogram (plots.SCORE_BINS)
 
     @property
     def partition(self) -> int:
@@ -132,3 +133,6 @@ class Plan:
     ledger: Rejections
     counts: Counter
     timings: dict[str, float]
+    # (min_lon, min_lat, max_lon, max_lat) of every located photo, inside the region or not, when the
+    # plan sees them all (folder): an empty build compares it with the region's bbox.
+    photo_extent: tuple[float, float, float, float] | None = None

@@ -81,6 +81,7 @@ def write_partition(run: PartitionRun, records: list[PhotoRecord], tiles: list[P
         "tile_rejections": dict(sorted(out.tile_rejections.items())), "timings": run.timings,
         "tile_shards": [sh.tile_shard for sh in out.shards], "photo_shards": [sh.photo_shard for sh in out.shards],
         "band_sums": band_sums.to_json() if band_sums else None,
+        "filter_score_hist": run.filter_score_hist,
     }
     write_part(part_dir(root, run.partition), out.manifest_rows, out.tile_rows, stats)
     return stats
