@@ -63,16 +63,25 @@ class Figure:
     goal: float
     op: Literal[">=", "<="]
     about: str
+    spread: float | None = None  # IQR/median of the samples behind a timed figure (None: not a timing)
+    noisy: bool = False  # still too noisy after re-measuring (see measure_steady): neither met nor missed
 
     @property
-    def met(self) -> bool:
+    def met(self) -> bool | None:
+        """Whether the goal is met; None for a noisy figure (one disturbed sample decides nothing)."""
+        if self.noisy:
+            return None
         if not math.isfinite(self.value):
             return False
         return self.value >= self.goal if self.op == ">=" else self.value <= self.goal
 
+    @property
+    def status(self) -> str:
+        return "noisy" if self.noisy else ("met" if self.met else "missed")
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "value": _round(self.value), "goal": self.goal, "op": self.op,
-                "met": self.met, "about": self.about}
+                "met": self.met, "status": self.status, "spread": _round(self.spread), "about": self.about}
 
 
 @dataclass
@@ -129,6 +138,47 @@ class Samples:
         return {"n": len(self.values), "median": _round(self.median), "min": _round(min(self.values, default=math.nan)),
                 "max": _round(max(self.values, default=math.nan)), "iqr_over_median": _round(self.rel_spread),
                 "values": [_round(v) for v in self.values]}
+
+
+NOISY_SPREAD = 0.2
+"""IQR/median above which a timed figure's samples are too disturbed to judge (a shared machine's bursts)."""
+MAX_ROUNDS = 3
+"""Measurements of a noisy figure, the first included, before it is reported as noisy."""
+
+
+@dataclass
+class Steady:
+    """The outcome of :func:`measure_steady`: the round reported and the spread of every round taken."""
+
+    result: Any
+    spread: float
+    spreads: list[float]
+
+    @property
+    def noisy(self) -> bool:
+        return not (math.isfinite(self.spread) and self.spread <= NOISY_SPREAD)
+
+
+def measure_steady(measure: Callable[[], Any], spread_of: Callable[[Any], float],
+                   threshold: float = NOISY_SPREAD, max_rounds: int = MAX_ROUNDS) -> Steady:
+    """Measure until one round's samples are steady (spread <= ``threshold``), at most ``max_rounds`` times.
+
+    A burst of load from another process widens a round's spread; a later round usually misses it. The
+    round reported is the first steady one, or else the least spread one, then flagged noisy so that
+    the figure is shown with its spread instead of as met or missed.
+    """
+    rounds: list[tuple[Any, float]] = []
+    for i in range(max_rounds):
+        result = measure()
+        spread = spread_of(result)
+        rounds.append((result, spread))
+        if math.isfinite(spread) and spread <= threshold:
+            break
+        if i + 1 < max_rounds:
+            log(f"spread {spread:.2f} > {threshold}: re-measuring ({i + 2}/{max_rounds})")
+    finite = [r for r in rounds if math.isfinite(r[1])]
+    best = min(finite, key=lambda r: r[1]) if finite else rounds[-1]
+    return Steady(best[0], best[1], [r[1] for r in rounds])
 
 
 def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Samples:

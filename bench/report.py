@@ -2,7 +2,7 @@
 
 ``results.json``::
 
-    {"figures": [{"name", "value", "goal", "op", "met", "about", "group", "measured_at"}, ...],
+    {"figures": [{"name", "value", "goal", "op", "met", "status", "spread", "about", "group", "measured_at"}, ...],
      "machine": {"cpu_count", "cpu_model", "torch", ...},
      "when": ISO time of this run,
      "quick": false,
@@ -68,6 +68,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _status(f: dict[str, Any]) -> str:
+    if f.get("status") == "noisy":
+        return f"too noisy to judge: spread {_fmt(f.get('spread'))} after re-measuring"
+    return "met" if f["met"] else "NOT met"
+
+
+def _met(f: dict[str, Any]) -> str:
+    if f.get("status") == "noisy":
+        return "noisy"
+    return "yes" if f["met"] else "**no**"
+
+
 def _table(columns: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     out += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in rows]
@@ -89,8 +101,8 @@ def render_markdown(doc: dict[str, Any], about: dict[str, str]) -> str:
         "",
         "## Figures",
         "",
-        _table(["figure", "value", "goal", "met", "measured at"],
-               [[f"`{f['name']}`", f["value"], f"{f['op']} {f['goal']}", "yes" if f["met"] else "**no**",
+        _table(["figure", "value", "goal", "met", "spread (IQR/median)", "measured at"],
+               [[f"`{f['name']}`", f["value"], f"{f['op']} {f['goal']}", _met(f), f.get("spread"),
                  f.get("measured_at", "")] for f in doc["figures"]]),
         "",
         "## Machine",
@@ -106,7 +118,7 @@ def render_markdown(doc: dict[str, Any], about: dict[str, str]) -> str:
         figs = [f for f in doc["figures"] if f.get("group") == group]
         for f in figs:
             lines.append(f"- `{f['name']}` = **{_fmt(f['value'])}** (goal {f['op']} {f['goal']}, "
-                         f"{'met' if f['met'] else 'NOT met'}): {f.get('about', '')}")
+                         f"{_status(f)}): {f.get('about', '')}")
         if figs:
             lines.append("")
         if g.get("error"):

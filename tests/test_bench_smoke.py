@@ -17,9 +17,11 @@ import torch
 
 from bench import ann, run
 from bench.build_rss import run_measured
+from bench.harness import NOISY_SPREAD, Figure, Samples, measure_steady
+from bench.report import render_markdown
 
 QUICK_GROUPS = ["cache_speedup", "loader", "block_mix", "fetch", "ann"]
-FIGURE_KEYS = {"name", "value", "goal", "op", "met", "about", "group", "measured_at"}
+FIGURE_KEYS = {"name", "value", "goal", "op", "met", "status", "spread", "about", "group", "measured_at"}
 
 
 @pytest.fixture
@@ -33,11 +35,15 @@ def _check_figure(f: dict) -> None:
     assert FIGURE_KEYS <= f.keys(), f
     assert f["op"] in (">=", "<=")
     assert isinstance(f["goal"], (int, float))
-    if f["value"] is None:
+    if f["status"] == "noisy":
+        # Neither met nor missed: reported with the spread that made it unjudgeable.
+        assert f["met"] is None and f["spread"] > NOISY_SPREAD
+    elif f["value"] is None:
         assert f["met"] is False
     else:
         assert math.isfinite(f["value"])
         assert f["met"] == (f["value"] >= f["goal"] if f["op"] == ">=" else f["value"] <= f["goal"])
+        assert f["status"] == ("met" if f["met"] else "missed")
 
 
 def test_quick_run_writes_every_figure_with_the_documented_schema(tmp_path, restore_threads):
@@ -131,3 +137,56 @@ def test_build_rss_quick(tmp_path):
     rows = res.tables[0].rows
     assert [r[0] for r in rows] == ["1x", "2x"]
     assert all(r[4] > 0 and r[7] > 0 for r in rows)
+
+
+def _rounds(*spreads: float):
+    """A measure() whose successive rounds have the given IQR/median spreads (median 1), and its call count."""
+    calls = []
+
+    def measure() -> Samples:
+        s = spreads[len(calls)]
+        calls.append(s)
+        return Samples([1.0 - s, 1.0 - s / 2, 1.0, 1.0 + s / 2, 1.0 + s])  # quartiles 1 -/+ s/2: IQR = s
+
+    return measure, calls
+
+
+def test_a_steady_round_is_reported_without_re_measuring():
+    measure, calls = _rounds(0.05, 0.9)
+    steady = measure_steady(measure, lambda r: r.rel_spread)
+    assert calls == [0.05] and not steady.noisy and steady.spread == pytest.approx(0.05)
+
+
+def test_a_noisy_round_is_re_measured_until_steady():
+    measure, calls = _rounds(0.47, 0.3, 0.08)
+    steady = measure_steady(measure, lambda r: r.rel_spread)
+    assert calls == [0.47, 0.3, 0.08]
+    assert not steady.noisy and steady.result.rel_spread == pytest.approx(0.08)
+    assert steady.spreads == pytest.approx([0.47, 0.3, 0.08])
+
+
+def test_a_figure_that_stays_noisy_is_reported_as_noisy_with_its_least_spread_round():
+    measure, calls = _rounds(0.47, 0.25, 0.6, 0.01)
+    steady = measure_steady(measure, lambda r: r.rel_spread, max_rounds=3)
+    assert len(calls) == 3 and steady.noisy and steady.spread == pytest.approx(0.25)
+    # A value far below its goal is still not "missed": one disturbed sample decides nothing.
+    fig = Figure("x_speedup", 0.32, 0.8, ">=", "about", spread=steady.spread, noisy=steady.noisy)
+    j = fig.to_json()
+    assert j["met"] is None and j["status"] == "noisy" and j["spread"] == pytest.approx(0.25)
+    steady_fig = Figure("y_speedup", 0.32, 0.8, ">=", "about", spread=0.05)
+    assert steady_fig.to_json()["met"] is False and steady_fig.status == "missed"
+    doc = {"figures": [{**j, "group": "g"}, {**steady_fig.to_json(), "group": "g"}], "machine": {}, "when": "now",
+           "groups": {"g": {"title": "G"}}}
+    md = render_markdown(doc, {})
+    assert "| `x_speedup` | 0.32 | >= 0.8 | noisy | 0.25 |" in md
+    assert "too noisy to judge: spread 0.25" in md and "| `y_speedup` | 0.32 | >= 0.8 | **no** |" in md
+
+
+@pytest.mark.heavy
+def test_ablation_positives_quick(tmp_path):
+    from bench import ablation_positives
+    from bench.harness import BenchContext
+
+    res = ablation_positives.run(BenchContext(quick=True, workdir=tmp_path))
+    assert sorted(f.name for f in res.figures) == sorted(ablation_positives.FIGURES)
+    assert all(0.0 <= f.value <= 1.0 for f in res.figures)

@@ -1,5 +1,6 @@
 """Two gloo processes give the same loss and gradients as one process holding the whole batch."""
 
+import contextlib
 import os
 
 import pytest
@@ -10,7 +11,7 @@ import torch.multiprocessing as mp
 from graft.models.clip_tower import ClipSpec, load_clip
 from graft.models.satellite import build_encoder
 from graft.training import distributed as D
-from graft.training.trainer import GraftModel, graft_loss
+from graft.training.trainer import GraftModel, graft_loss, micro_batch_loss, step_ground_sets
 
 B, PER_RANK = 6, 3
 
@@ -37,14 +38,34 @@ def _rank_slice(rank, images, owner, ground, pidx):
     return images[rank * PER_RANK:(rank + 1) * PER_RANK], owner[sel] - rank * PER_RANK, ground[sel], pidx[sel]
 
 
-def _worker(rank, world, init_file, kind, out_dir):
+def _accumulated(model, kind, images, owner, ground, pidx, info):
+    """This rank's tiles as two micro-batches (2 + 1 tiles), as Trainer.train_step runs grad_accum = 2."""
+    sizes = [2, 1]
+    micro = [(images[:2], owner[owner < 2], ground[owner < 2], pidx[owner < 2]),
+             (images[2:], owner[owner >= 2] - 2, ground[owner >= 2], pidx[owner >= 2])]
+    sets = step_ground_sets(kind, [m[2] for m in micro], [m[1] for m in micro], [m[3] for m in micro], sizes, info)
+    total, start = 0.0, 0
+    for i, (im, *_rest) in enumerate(micro):
+        ctx = model.no_sync() if i == 0 else contextlib.nullcontext()
+        with ctx:
+            scaled, _ = micro_batch_loss(model, kind, im, start, info, *sets)
+            scaled.backward()
+        total = total + scaled.detach()
+        start += sizes[i]
+    return total
+
+
+def _worker(rank, world, init_file, kind, out_dir, accum=False):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     info = D.DistInfo(rank=rank, world_size=world)
     model = torch.nn.parallel.DistributedDataParallel(_model(kind))
     images, owner, ground, pidx = _rank_slice(rank, *_batch())
-    scaled, _ = graft_loss(model, kind, images, ground, owner, pidx, info)
-    scaled.backward()
+    if accum:
+        scaled = _accumulated(model, kind, images, owner, ground, pidx, info)
+    else:
+        scaled, _ = graft_loss(model, kind, images, ground, owner, pidx, info)
+        scaled.backward()
     global_loss = scaled.detach().clone()
     dist.all_reduce(global_loss)
     global_loss /= world
@@ -54,9 +75,10 @@ def _worker(rank, world, init_file, kind, out_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["image", "pixel"])
-def test_two_process_ddp_equals_one_process(tmp_path, kind):
-    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), kind, str(tmp_path)), nprocs=2,
+@pytest.mark.parametrize(("kind", "accum"), [("image", False), ("pixel", False), ("image", True)])
+def test_two_process_ddp_equals_one_process(tmp_path, kind, accum):
+    """Also with gradient accumulation: 2 ranks x 2 micro-batches give the gradient of the whole batch at once."""
+    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), kind, str(tmp_path), accum), nprocs=2,
                        start_method="spawn", join=True)
     model = _model(kind)
     images, owner, ground, pidx = _batch()

@@ -16,6 +16,7 @@ from graft.evaluation import datasets as ds
 from graft.evaluation.zeroshot import make_loader
 from graft.geometry import tile_grid_around
 from graft.imagery import encode_geotiff
+from graft.rejections import Rejections
 
 COLORS = {"AnnualCrop": (200, 180, 40), "Forest": (20, 120, 30), "SeaLake": (20, 40, 200)}
 
@@ -220,8 +221,12 @@ def make_graft_dataset(root: Path, n_test: int = 8, n_train: int = 2, dim: int =
         grid = tile_grid_around(48.1 + 0.01 * i, 11.5, size=16, gsd=10.0)
         arr = rng.integers(0, 3000, (4, 16, 16), dtype=np.uint16)
         split = "test" if i < n_test else "train"
-        photos = [{"photo_id": f"{key}-{p}", "row": 8.0, "col": 8.0} for p in "abc"]
-        sample = tile_sample(key, encode_geotiff(arr, grid), {"tile_id": key, "split": split, "photos": photos})
+        # Photos at (5.5, 5.5) (inside the centred 8-px crop, rows/cols 4..11), (0.5, 0.5) and (15.2, 9.0)
+        # (outside it); tile 1's photos all lie outside.
+        pos = [(5.5, 5.5), (0.5, 0.5), (15.2, 9.0)] if i != 1 else [(0.5, 0.5), (1.5, 14.0), (15.2, 9.0)]
+        photos = [{"photo_id": f"{key}-{j}", "row": r, "col": c} for j, (r, c) in enumerate(pos)]
+        sample = tile_sample(key, encode_geotiff(arr, grid), {"tile_id": key, "split": split, "grid": grid.to_json(),
+                                                              "photos": photos})
         if i < n_test + n_train:
             emb = rng.normal(size=(3, dim)).astype(np.float16)
             embs[key] = emb.astype(np.float32)
@@ -241,6 +246,17 @@ def test_graft_pairs(tmp_path):
     np.testing.assert_allclose(data.ground_mean[3], expected, rtol=1e-5, atol=1e-6)
     assert data.cache_record["model"] == "graft-tiny-vit" and "photo_ids" not in data.cache_record
     assert data.read_rgb(0).shape == (16, 16, 3)
+    # As training sees tiles: the centred crop at native resolution, paired with the photos inside it only.
+    rejections = Rejections()
+    crop = data.center_crop(8, rejections)
+    assert crop.tile_ids == [t for t in data.tile_ids if t != "tile_001"]
+    assert rejections.counts == {"no_photo_in_center_crop": 1}
+    i = crop.tile_ids.index(data.tile_ids[3])
+    e0 = embs[data.tile_ids[3]][0]
+    np.testing.assert_allclose(crop.ground_mean[i], e0 / np.linalg.norm(e0), rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(crop.read_rgb(i), data.read_rgb(3)[4:12, 4:12])
+    with pytest.raises(ds.DatasetNotFoundError, match="centred 32 px crop"):
+        data.center_crop(32)
     train = ds.load_benchmark("graft_pairs", root, pairs_split="train")
     assert len(train) == 2 and train.rejections.counts == {"no_ground_embeddings": 1}
     with pytest.raises(ds.DatasetNotFoundError, match="graft embed"):

@@ -92,10 +92,10 @@ def make_pairs(root: Path, n: int = 12, dim: int = 64) -> Path:
     samples = []
     for i in range(n):
         key = f"t{i:03d}"
-        tif = encode_geotiff(rng.integers(0, 255, (3, 32, 32), dtype=np.uint8),
-                             tile_grid_around(40.0 + 0.01 * i, -3.7, size=32, gsd=1.0))
-        photos = [{"photo_id": f"{key}-{p}", "row": 16.0, "col": 16.0} for p in "ab"]
-        sample = tile_sample(key, tif, {"tile_id": key, "split": "test", "photos": photos})
+        grid = tile_grid_around(40.0 + 0.01 * i, -3.7, size=32, gsd=1.0)
+        tif = encode_geotiff(rng.integers(0, 255, (3, 32, 32), dtype=np.uint8), grid)
+        photos = [{"photo_id": f"{key}-{j}", "row": 10.5 + j, "col": 20.5} for j in range(2)]
+        sample = tile_sample(key, tif, {"tile_id": key, "split": "test", "grid": grid.to_json(), "photos": photos})
         samples.append(with_embeddings(sample, rng.normal(size=(2, dim)).astype(np.float16),
                                        {"model": "graft-tiny-vit", "pretrained": None, "embed_dim": dim}))
     write_samples(root / shard_names(0)[0], samples)

@@ -101,6 +101,24 @@ def tile_to_rgb8(array: np.ndarray, tile_bands: Sequence[str] | None = None) -> 
     return np.ascontiguousarray(out.transpose(1, 2, 0))
 
 
+def center_crop_offset(tile_size: int, size: int) -> int:
+    """Top (and left) pixel of the centred ``size`` crop of a ``tile_size`` tile.
+
+    The one geometry of a tile seen after training: the trainer's alignment passes and the
+    ``graft_pairs`` benchmark both take this crop at native resolution.
+    """
+    if size > tile_size:
+        raise ValueError(f"crop size {size} exceeds tile size {tile_size}")
+    return (tile_size - size) // 2
+
+
+def inside_crop(rows, cols, top: int, left: int, size: int) -> np.ndarray:
+    """True for each photo whose pixel ``(floor(row), floor(col))`` lies in the crop at (top, left)."""
+    r = np.floor(np.asarray(rows, dtype=np.float64)) - top
+    c = np.floor(np.asarray(cols, dtype=np.float64)) - left
+    return (r >= 0) & (r < size) & (c >= 0) & (c < size)
+
+
 def tile_to_channels(array: np.ndarray, tile_bands: Sequence[str] | None,
                      bands: Sequence[str] | None = None) -> np.ndarray:
     """(bands, H, W) tile -> (C, H, W) float32 encoder channels, before per-channel normalisation.

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from graft.dataset.layout import tile_shards
+from graft.dataset.shards import iter_tile_samples
+from graft.imagery import center_crop_offset, inside_crop
 from graft.models.checkpoint import list_checkpoints, read_meta
+from graft.models.clip_tower import load_clip
 from graft.training.trainer import train
 
 from .conftest import train_config
@@ -33,12 +37,28 @@ def test_under_trained_run_says_the_signal_was_still_rising(tiny_world, tmp_path
     val = [x for x in lines if "val_score" in x]
     assert [x["step"] for x in val] == [4, 8, 12, 16, 20, 24]
     assert all({"val_recall@1", "val_recall@5", "val_alignment"} <= set(x) for x in val)
-    assert val[0]["val_tiles"] == 32  # every val tile (fewer than validation.max_tiles)
+    # Every val tile (fewer than validation.max_tiles) that holds a photo in its centre crop, the geometry
+    # of the image-level positives.
+    assert val[0]["val_tiles"] == _val_tiles_with_a_photo_in_centre_crop(tiny_world)
     # Each checkpoint keeps the signal measured at its step.
     for ckpt in list_checkpoints(cfg.run_dir):
         step = read_meta(ckpt)["step"]
         logged = next(x for x in val if x["step"] == step)
         assert read_meta(ckpt)["validation"] == {k: v for k, v in logged.items() if k != "step"}
+
+
+def _val_tiles_with_a_photo_in_centre_crop(world) -> int:
+    dataset, spec = world
+    size, n = load_clip(spec).image_size, 0
+    for shard in tile_shards(dataset):
+        for tile in iter_tile_samples(shard, decode_tif=False):
+            if tile.record["split"] != "val":
+                continue
+            off = center_crop_offset(tile.record["grid"]["size"], size)
+            rows = [p["row"] for p in tile.record["photos"]]
+            cols = [p["col"] for p in tile.record["photos"]]
+            n += bool(inside_crop(rows, cols, off, off, size).any())
+    return n
 
 
 def test_run_that_peaked_early_names_the_best_checkpoint(tiny_world, tmp_path):

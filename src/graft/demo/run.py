@@ -138,8 +138,9 @@ def demo_build_config(out: Path, world, filter_weights: Path, bbox: list[float],
 
 
 def demo_train_config(run_dir: Path, teacher, dataset: Path, kind: str, steps: int, lr: float, batch_size: int,
-                      seed: int, bands: list[str] | None = None, extra_bands_lr_scale: float = 1.0):
-    """The demo's training run of one encoder (``bands``: a multispectral encoder's band list)."""
+                      seed: int, bands: list[str] | None = None, extra_bands_lr_scale: float = 1.0, **data: Any):
+    """The demo's training run of one encoder (``bands``: a multispectral encoder's band list; ``data``
+    overrides keys of its data section, e.g. ``positives``)."""
     from graft.training.config import TrainConfig
 
     return validate(TrainConfig, {
@@ -148,22 +149,25 @@ def demo_train_config(run_dir: Path, teacher, dataset: Path, kind: str, steps: i
         "model": {"kind": kind, "bands": bands},
         "optim": {"lr": lr, "warmup_steps": max(steps // 10, 1), "weight_decay": 0.01,
                   "extra_bands_lr_scale": extra_bands_lr_scale},
-        "data": {"dataset": str(dataset), "batch_size": batch_size, "workers": 1, "shuffle_buffer": 64},
+        "data": {"dataset": str(dataset), "batch_size": batch_size, "workers": 1, "shuffle_buffer": 64, **data},
         "train": {"max_steps": steps, "ckpt_every": steps, "log_every": 25, "precision": "fp32",
                   "seed": seed, "device": "cpu"},
     }, source=f"demo {kind}-level training config")
 
 
 def write_heldout_sets(world, out: Path, size: int, allowed: np.ndarray, per_class: int, seg_tiles: int,
-                       seed: int) -> tuple[Path, Path]:
-    """Held-out tiles from the test blocks: an EuroSAT-layout ImageFolder and an image/mask segmentation set."""
+                       seed: int, min_purity: float = 0.9) -> tuple[Path, Path]:
+    """Held-out tiles from the test blocks: an EuroSAT-layout ImageFolder and an image/mask segmentation set.
+
+    A classification tile's label is the class covering at least ``min_purity`` of it.
+    """
     from graft.demo.world import cut_tile, sample_single_class_tiles
 
     cls_root, seg_root = out / "heldout", out / "heldout_seg"
     classes = list(world.classes)
     # EuroSAT layout: one folder per class; classnames.txt lists prompt names in sorted-folder order.
     folders = sorted(classes)
-    samples = sample_single_class_tiles(world, size, per_class, seed=seed, min_purity=0.9, allowed=allowed)
+    samples = sample_single_class_tiles(world, size, per_class, seed=seed, min_purity=min_purity, allowed=allowed)
     for i, s in enumerate(samples):
         rgb, _ = cut_tile(world, s.row, s.col, size)
         d = cls_root / classes[s.class_index]
@@ -252,6 +256,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
             cfg = demo_train_config(out / f"train-{kind}", teacher, out / "dataset", kind, steps, lr,
                                     plan.batch_size, seed)
             runs[kind] = train(cfg, resume="latest")
+            if runs[kind].stopped_by:
+                # SIGTERM/SIGUSR1 stopped training after a checkpoint: do not evaluate a half-trained model.
+                print(f"\ninterrupted; re-run the same command to resume (checkpoint: {runs[kind].checkpoint})")
+                raise SystemExit(128 + runs[kind].stopped_by)
 
     with stage("eval", "evaluating on held-out geographic blocks, beside the teacher applied directly"):
         allowed = _test_block_mask(world, out / "dataset", plan.block_km, bbox)

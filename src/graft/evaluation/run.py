@@ -29,7 +29,7 @@ from graft.config import ConfigError, StrictModel, load_config, validate
 from graft.dataset.embeddings import cache_spec_mismatch
 from graft.errors import GraftError
 from graft.evaluation import report as rep
-from graft.evaluation.alignment import alignment_score
+from graft.evaluation.alignment import alignment_score, native_crop_transform
 from graft.evaluation.clip_benchmark_sets import DATASETS as CLIP_BENCHMARK_DATASETS
 from graft.evaluation.clip_benchmark_sets import SET_NAME as CLIP_BENCHMARK_SET
 from graft.evaluation.clip_benchmark_sets import PromptSet, clip_benchmark_prompts
@@ -652,16 +652,27 @@ class _Run:
     # ----------------------------------------------------------------- alignment
 
     def alignment(self, b: BenchmarkEntry, data: PairSet, models: list[LoadedModel]) -> None:
-        seen: set[int] = set()
+        # Pairs are seen as in training: the centred crop of the model's input size at native resolution,
+        # paired with the photos inside it (benchmark sets are resized instead: their own protocol).
+        views: dict[int, PairSet] = {}
+        seen: dict[int, set[int]] = {}
         for model in models:
             why = cache_spec_mismatch(data.cache_record, model.clip_record, portable=True)
             if why:
                 self.report.notes.append(f"alignment {model.name} on {b.name}: ground embeddings were made with "
                                          f"another CLIP ({why}); mutual kNN still compares neighbourhoods")
-            feats = self.features(model, data, b.name)
-            self.record_failures(data, feats, seen, data.tile_ids)
+            size = int(model.preprocess_cfg["size"])
+            if size not in views:
+                views[size] = data.center_crop(size, data.rejections if not views else None)
+                seen[size] = set()
+            view = views[size]
+            loader = make_loader(view, native_crop_transform(model.preprocess_cfg), self.cfg.batch_size,
+                                 self.cfg.workers)
+            with self.report.timer(f"features/{b.name}"):
+                feats = extract_image_features(model.model, loader, self.device, desc=f"{b.name}: {model.name}")
+            self.record_failures(data, feats, seen[size], view.tile_ids)
             with self.report.timer(f"alignment/{b.name}"):
-                score = alignment_score(feats.features, data.ground_mean[feats.index], k=self.cfg.alignment_k)
+                score = alignment_score(feats.features, view.ground_mean[feats.index], k=self.cfg.alignment_k)
             self.report.add("alignment", b.name, model.name, f"mutual_knn@{self.cfg.alignment_k}", score)
 
 

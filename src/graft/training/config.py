@@ -76,6 +76,16 @@ class DataSection(StrictModel):
     flips: bool = Field(True, description="random horizontal/vertical flips (photo positions follow)")
     rot90: bool = Field(True, description="random 90-degree rotations (photo positions follow)")
     max_photos_per_tile: int = Field(25, ge=1, description="ground photos used per tile (a random subset if more)")
+    # "crop": a tile's positives are the photos inside its augmented crop, and crops are drawn to hold
+    # at least one (GRAFT's alignment of an image with the photos taken inside it). "tile": every
+    # photo of the tile, wherever the crop fell (the behaviour before; for ablations). Image-level
+    # models only: a pixel-level model keeps uniform crops, and its loss's positives are the patches of
+    # the photos inside the crop (a photo-aware crop only biased which patches it learnt from, and cost
+    # the quick demo's segmentation mIoU; train/README.md).
+    positives: Literal["crop", "tile"] = Field(
+        "crop", description="image-level models: crop = a tile's positives are the photos inside its crop, drawn "
+        "to hold one; tile = every photo of the tile (ablations). Pixel-level models ignore it: uniform crops, "
+        "positives the patches of the photos inside the crop")
 
     @field_validator("dataset")
     @classmethod

@@ -10,6 +10,15 @@ samples from them in a seeded random order, then shuffles through a buffer, deco
 applies a random crop/flip/rot90 that carries every photo's position along,
 and assembles whole batches, so the main process only moves tensors.
 
+For the image-level model, a tile's positives are the photos inside its crop
+(``data.positives: crop``, the default): the crop is drawn among those holding
+at least one photo, and the photos it cut away leave the batch.
+``positives: tile`` keeps every photo of the tile (for ablations). The
+pixel-level model keeps uniform random crops and every sampled photo, whatever
+``positives`` says: its positives are patches, and its loss keeps only the
+photos inside the crop. Evaluation-style passes use a centre crop at native
+resolution, where a tile whose centre crop holds no photo is no row.
+
 Ground photos arrive as cached embeddings (written by ``graft embed``, read
 with their row/photo-id check), or, with ``live_ground``, as preprocessed photo
 tensors read in lockstep from the partition's photo shard (for the frozen tower
@@ -21,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +108,10 @@ class StreamSpec:
     live_ground: bool = False
     photo_transform: Any = None  # the frozen tower's preprocess, for live_ground
     train: bool = True  # False: centre crop, no shuffle, no flips (evaluation-style pass)
+    positives: str = "crop"  # "crop": a tile's positives are its photos inside the crop; "tile": all of them
+    # "image": ``positives`` applies. "pixel": uniform random crops and every sampled photo of the tile
+    # (patch index -1 outside the crop; the pixel loss keeps the inside ones), whatever ``positives`` says.
+    level: str = "image"
     bands: tuple[str, ...] | None = None  # a multispectral encoder's bands (R, G, B first); None: the tiles' RGB
 
 
@@ -185,27 +199,35 @@ class TileStream(IterableDataset):
         while buf:
             yield buf.pop(rng.randrange(len(buf)))
 
-    def _decode(self, item: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def _decode(self, item: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
+        """One tile's crop and its photos; None if the crop holds no photo (the tile is then no row)."""
         s = self.spec
         meta, sample = item["meta"], item["sample"]
         arr, _ = decode_geotiff(sample.tif)
         channels = torch.from_numpy(tile_to_channels(arr, meta.get("bands"), s.bands))
         tile_size = channels.shape[-1]
-        aug = (Augment.sample(rng, tile_size, s.crop_size, s.flips, s.rot90) if s.train
-               else Augment.center(tile_size, s.crop_size))
+        photos = meta["photos"]
+        rows = np.array([p["row"] for p in photos], dtype=np.float64)
+        cols = np.array([p["col"] for p in photos], dtype=np.float64)
+        # The pixel model keeps uniform crops and all its photos: its positives are patches, chosen inside
+        # the crop by the pixel loss, and a photo-aware crop would only bias which patches it sees.
+        positives = s.positives if s.level == "image" else "tile"
+        if s.train:
+            aware = positives == "crop"
+            aug = Augment.sample(rng, tile_size, s.crop_size, s.flips, s.rot90,
+                                 rows=rows if aware else None, cols=cols if aware else None)
+        else:
+            aug = Augment.center(tile_size, s.crop_size)
+        if aug is None:
+            return None
+        keep, patch_index = select_photos(rows, cols, aug, s.patch_size, positives, s.max_photos, rng)
+        if keep.size == 0:
+            return None
         img = apply_to_image(channels, aug)
         mean = torch.tensor(s.mean).view(-1, 1, 1)
         std = torch.tensor(s.std).view(-1, 1, 1)
         img = (img - mean) / std
-
-        photos = meta["photos"]
-        keep = np.arange(len(photos))
-        if len(keep) > s.max_photos:
-            keep = np.sort(rng.choice(len(photos), s.max_photos, replace=False))
-        rows = np.array([photos[i]["row"] for i in keep], dtype=np.float64)
-        cols = np.array([photos[i]["col"] for i in keep], dtype=np.float64)
-        out = {"image": img, "patch_index": torch.from_numpy(photo_patch_index(rows, cols, aug, s.patch_size)),
-               "tile_id": meta["tile_id"]}
+        out = {"image": img, "patch_index": torch.from_numpy(patch_index), "tile_id": meta["tile_id"]}
         if s.live_ground:
             ims = []
             for i in keep:
@@ -229,12 +251,38 @@ class TileStream(IterableDataset):
         for i, item in enumerate(self.items(wid, workers)):
             # One generator per sample: augmentations do not depend on worker count or timing.
             sample_rng = np.random.default_rng(_seed(key, i))
-            batch.append(self._decode(item, sample_rng))
+            decoded = self._decode(item, sample_rng)
+            if decoded is None:
+                continue
+            batch.append(decoded)
             if len(batch) == s.batch_size:
                 yield collate(batch)
                 batch = []
         if batch and not s.train:
             yield collate(batch)
+
+
+def select_photos(rows: np.ndarray, cols: np.ndarray, aug: Augment, patch_size: int, positives: str,
+                  max_photos: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Which of a tile's photos enter the batch, and each one's patch in the augmented crop.
+
+    With ``positives="crop"`` only the photos inside the crop enter (a photo the crop cut away is
+    neither a positive nor a negative); with ``"tile"`` every photo does, those outside the crop with
+    patch index -1 (positives of the image-level loss only). At most ``max_photos``, drawn at random.
+
+    Returns:
+        (keep, patch_index): sorted indices into the tile's photo list, and their patch indices.
+    """
+    patch_index = photo_patch_index(rows, cols, aug, patch_size)
+    if positives == "crop":
+        keep = np.flatnonzero(patch_index >= 0)
+    elif positives == "tile":
+        keep = np.arange(len(rows))
+    else:
+        raise ValueError(f"positives must be 'crop' or 'tile', got {positives!r}")
+    if keep.size > max_photos:
+        keep = np.sort(rng.choice(keep, max_photos, replace=False))
+    return keep, patch_index[keep]
 
 
 def _seed(key: str, i: int) -> int:
@@ -255,11 +303,18 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGTERM/SIGUSR1 to the trainer (torchrun and SLURM signal the whole process
+    group): a worker killed by one would fail the step the trainer is about to checkpoint after."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def epoch_loader(spec: StreamSpec, epoch: int, workers: int, prefetch_factor: int = 2) -> DataLoader:
     """A DataLoader over one epoch of ``spec`` (batches are assembled inside workers)."""
     kwargs: dict[str, Any] = {"num_workers": workers, "batch_size": None}
     if workers > 0:
-        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
+        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False, worker_init_fn=_ignore_stop_signals)
     return DataLoader(TileStream(spec, epoch), **kwargs)
 
 

@@ -30,14 +30,34 @@ class DistInfo:
         return self.world_size > 1
 
 
+def resolve_device(device: str | None, local_rank: int, cuda_available: bool) -> torch.device:
+    """This rank's device for ``train.device``.
+
+    ``None`` is ``cuda:LOCAL_RANK`` when CUDA is available, else CPU. A bare ``cuda`` also means
+    ``cuda:LOCAL_RANK``: under torchrun every process of a node gets its own GPU, not GPU 0. An
+    explicit index (``cuda:3``) is kept as given.
+
+    Raises:
+        ValueError: CUDA was asked for but no CUDA device is visible to this process.
+    """
+    if device is None:
+        return torch.device(f"cuda:{local_rank}" if cuda_available else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not cuda_available:
+            raise ValueError(f"train.device is {device!r} but no CUDA device is visible to this process; "
+                             f"set train.device: cpu, or check CUDA_VISIBLE_DEVICES and the driver")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
 def setup(device: str | None = None) -> DistInfo:
-    """Join the torchrun process group if there is one; pick this rank's device."""
+    """Join the torchrun process group if there is one; pick this rank's device (:func:`resolve_device`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device, local, torch.cuda.is_available())
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
@@ -90,6 +110,15 @@ def all_true(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item() > 0.5)
+
+
+def all_max(value: int, info: DistInfo) -> int:
+    """The largest ``value`` over all ranks (e.g. a stop signal that reached only some of them)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def all_gather_objects(obj, info: DistInfo) -> list:

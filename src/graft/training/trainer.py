@@ -5,7 +5,9 @@ frozen-CLIP embeddings (cached, or computed live) gathered from every rank;
 the image- or pixel-level 1:N loss; AdamW with linear warm-up and cosine
 decay. Checkpoints are atomic and hold everything needed to continue exactly
 (model, optimiser, RNG, each rank's data position), so ``--resume latest``
-after a kill ends bitwise equal to an uninterrupted run on CPU.
+after a kill ends bitwise equal to an uninterrupted run on CPU. SIGTERM or
+SIGUSR1 (preemption, a SLURM time-limit warning) ends a run at the next step
+boundary with a checkpoint, and ``graft train`` exits with 128 + the signal.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +57,40 @@ class TrainingDiverged(GraftError, RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+"""Signals after which the trainer checkpoints at the next step boundary and exits with 128 + the signal."""
+
+
+class StopRequest:
+    """Records SIGTERM/SIGUSR1 while installed, for the loop to act on at a step boundary.
+
+    A handler only sets a flag: checkpointing inside a signal handler could interrupt a half-done
+    optimiser step or a collective. Installed only in the main thread (Python's rule for handlers);
+    the previous handlers come back on exit.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.signum:
+            self.signum = signum
+            log.warning("received %s: saving a checkpoint after this step, then exiting",
+                        signal.Signals(signum).name)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 class GraftModel(nn.Module):
     """The trainable part: the satellite encoder plus the (optionally learned) temperature.
 
@@ -80,34 +118,103 @@ class GraftModel(nn.Module):
         return self.encoder(images), None, t
 
 
+@dataclass
+class StepGround:
+    """The ground embeddings of one optimiser step, every micro-batch of every rank, gathered once.
+
+    ``rows[m]`` is, for a photo of this rank, its tile's row in the concatenation of this rank's
+    micro-batches, and -1 for another rank's photo (a negative only). ``n_sat`` counts the satellite
+    rows that own at least one photo, over all micro-batches and ranks: the loss's mean runs over them.
+    """
+
+    ground: torch.Tensor
+    rows: torch.Tensor
+    patch_index: torch.Tensor
+    n_sat: int
+
+    @classmethod
+    def gather(cls, grounds: list[torch.Tensor], owners: list[torch.Tensor], patch_indices: list[torch.Tensor],
+               sizes: list[int], info: D.DistInfo, inside_only: bool = False) -> StepGround:
+        """Concatenate this rank's micro-batches (owners offset to step rows) and gather across ranks.
+
+        ``inside_only`` keeps only photos inside their crop (``patch_index >= 0``): the pixel loss's set.
+        """
+        offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+        parts = []
+        for g, o, p, off in zip(grounds, owners, patch_indices, offsets, strict=True):
+            keep = p >= 0 if inside_only else torch.ones_like(o, dtype=torch.bool)
+            parts.append((g[keep], o[keep] + off, p[keep]))
+        g, o, p, n_sat = D.gather_ground(*(torch.cat(x) for x in zip(*parts, strict=True)), info)
+        return cls(g, o, p, n_sat)
+
+    def owner_for(self, start: int, size: int) -> torch.Tensor:
+        """``owner`` for the micro-batch holding step rows [start, start + size): photos of others are -1."""
+        mine = (self.rows >= start) & (self.rows < start + size)
+        return torch.where(mine, self.rows - start, torch.full_like(self.rows, -1))
+
+
+def micro_batch_loss(forward, kind: str, images: torch.Tensor, start: int, info: D.DistInfo,
+                     image_set: StepGround | None, pixel_set: StepGround | None, image_loss_weight: float = 0.0,
+                     bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-batch's share of the step's loss, and its own loss value (for logging and checks).
+
+    ``forward`` is the (possibly DDP-wrapped) :class:`GraftModel`; the micro-batch's tiles are step
+    rows [start, start + len(images)). Every ground embedding of the step (all micro-batches, all
+    ranks) joins the softmax denominator. The softmax runs over ground embeddings only, which are
+    frozen, so each satellite row's term depends on nothing else that is trained: the step's loss is
+    a sum over micro-batches, each forwarded once. Each mean is rescaled by its share of the step's
+    satellite rows (times the world size, which DDP's gradient average divides out), so the summed
+    gradients equal those of the single-process mean over the whole step.
+    """
+    dev = images.device
+    b = images.shape[0]
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
+        image, patches, t = forward(images, need_image=(kind == "image" or image_loss_weight > 0))
+    # The loss runs in at least fp32 (bf16 autocast outputs are promoted; float64 stays float64).
+    image, patches, t = (None if x is None else x.to(torch.promote_types(x.dtype, torch.float32))
+                         for x in (image, patches, t))
+
+    def share(sg: StepGround, owner: torch.Tensor) -> float:
+        return info.world_size * int(torch.unique(owner[owner >= 0]).numel()) / max(sg.n_sat, 1)
+
+    if kind == "image":
+        o = image_set.owner_for(start, b)
+        raw = image_level_loss(image, image_set.ground, o, t)
+        scaled = raw * share(image_set, o)
+    else:
+        o = pixel_set.owner_for(start, b)
+        raw = pixel_level_loss(patches, pixel_set.ground, o, pixel_set.patch_index, t)
+        scaled = raw * share(pixel_set, o)
+        if image_loss_weight > 0:
+            oi = image_set.owner_for(start, b)
+            extra = image_loss_weight * image_level_loss(image, image_set.ground, oi, t)
+            raw, scaled = raw + extra, scaled + extra * share(image_set, oi)
+    return scaled, raw.detach()
+
+
+def step_ground_sets(kind: str, grounds: list[torch.Tensor], owners: list[torch.Tensor],
+                     patch_indices: list[torch.Tensor], sizes: list[int], info: D.DistInfo,
+                     image_loss_weight: float = 0.0) -> tuple[StepGround | None, StepGround | None]:
+    """The (image-loss, pixel-loss) ground sets of a step; None for a loss the step does not use.
+
+    A photo the crop left out (``positives: tile``) leaves the pixel loss and its denominator.
+    """
+    need_image = kind == "image" or image_loss_weight > 0
+    image_set = StepGround.gather(grounds, owners, patch_indices, sizes, info) if need_image else None
+    pixel_set = (StepGround.gather(grounds, owners, patch_indices, sizes, info, inside_only=True)
+                 if kind == "pixel" else None)
+    return image_set, pixel_set
+
+
 def graft_loss(forward, kind: str, images: torch.Tensor, ground: torch.Tensor, owner: torch.Tensor,
                patch_index: torch.Tensor, info: D.DistInfo, image_loss_weight: float = 0.0,
                bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's share of the global-batch loss, and the loss value itself (for logging).
+    """This rank's share of a one-micro-batch step's global loss, and the loss value itself.
 
-    ``forward`` is the (possibly DDP-wrapped) :class:`GraftModel`. Ground embeddings from every rank
-    join the softmax denominator. DDP averages gradients over ranks; rescaling each rank's mean by its
-    share of the global batch makes that average equal the gradient of the single-process global mean.
+    The same as :func:`micro_batch_loss` for a step of one micro-batch; see there.
     """
-    dev = images.device
-    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
-        image, patches, t = forward(images, need_image=(kind == "image" or image_loss_weight > 0))
-    t = t.float()
-    if kind == "image":
-        g, o, _, n_total = D.gather_ground(ground, owner, patch_index, info)
-        loss = image_level_loss(image.float(), g, o, t)
-        n_local = int(torch.unique(owner).numel())
-    else:
-        # A photo the crop left out leaves the pixel loss (and its denominator) for this step.
-        inside = patch_index >= 0
-        g, o, p, n_total = D.gather_ground(ground[inside], owner[inside], patch_index[inside], info)
-        loss = pixel_level_loss(patches.float(), g, o, p, t)
-        n_local = int(torch.unique(owner[inside]).numel())
-        if image_loss_weight > 0:
-            gi, oi, _, _ = D.gather_ground(ground, owner, patch_index, info)
-            loss = loss + image_loss_weight * image_level_loss(image.float(), gi, oi, t)
-    scale = info.world_size * n_local / max(n_total, 1)
-    return loss * scale, loss.detach()
+    sets = step_ground_sets(kind, [ground], [owner], [patch_index], [images.shape[0]], info, image_loss_weight)
+    return micro_batch_loss(forward, kind, images, 0, info, *sets, image_loss_weight=image_loss_weight, bf16=bf16)
 
 
 def encoder_band_norm(cfg: TrainConfig, clip_preprocess: dict[str, Any]) -> BandNorm | None:
@@ -165,6 +272,7 @@ class TrainSummary:
     checkpoint: str | None
     seconds: float
     tiles_per_s: float
+    stopped_by: int = 0  # the signal (SIGTERM/SIGUSR1) that ended the run early after a checkpoint; 0 if none
     validation: str | None = None  # the end-of-run verdict of the validation signal, with its hint
 
 
@@ -199,6 +307,7 @@ class Trainer:
             betas=cfg.optim.betas, eps=cfg.optim.eps,
         )
         self.step = 0
+        self.stop_request = StopRequest()  # installed by train() around fit()
         self.bad_total = 0
         self.bad_run = 0
         self.data_state = {"epoch": 0, "batch_in_epoch": 0}
@@ -212,7 +321,8 @@ class Trainer:
             bands=norm.bands if norm else None, seed=cfg.train.seed,
             rank=self.info.rank, world_size=self.info.world_size, flips=cfg.data.flips, rot90=cfg.data.rot90,
             shuffle_buffer=cfg.data.shuffle_buffer, max_photos=cfg.data.max_photos_per_tile,
-            interleave=cfg.data.shards_per_worker, live_ground=live_ground, photo_transform=self.bundle.preprocess if live_ground else None,
+            positives=cfg.data.positives, level=encoder.kind, interleave=cfg.data.shards_per_worker,
+            live_ground=live_ground, photo_transform=self.bundle.preprocess if live_ground else None,
         )
         self.validator = Validator(cfg, self.stream, self.tower.encode_images if live_ground else None)
         self.last_validation: dict[str, float] | None = None
@@ -268,13 +378,18 @@ class Trainer:
         return True
 
     # -- one step -----------------------------------------------------------------------------
-    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ground(self, batch: dict[str, Any]) -> torch.Tensor:
         dev = self.info.device
-        ground = (self.tower.encode_images(batch["photos"].to(dev)) if self.live
-                  else batch["ground"].to(dev))
+        if self.live:
+            return self.tower.encode_images(batch["photos"].to(dev))
+        return batch["ground"].to(dev)
+
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A one-micro-batch step's (scaled loss, loss value); see :func:`graft_loss`."""
+        dev = self.info.device
         use_bf16 = self.cfg.train.precision == "bf16" and dev.type == "cuda"
-        return graft_loss(self.forward, self.cfg.model.kind, batch["images"].to(dev, non_blocking=True), ground,
-                          batch["owner"].to(dev), batch["patch_index"].to(dev), self.info,
+        return graft_loss(self.forward, self.cfg.model.kind, batch["images"].to(dev, non_blocking=True),
+                          self._ground(batch), batch["owner"].to(dev), batch["patch_index"].to(dev), self.info,
                           image_loss_weight=self.cfg.loss.image_loss_weight, bf16=use_bf16)
 
     def _grads_finite(self) -> bool:
@@ -289,16 +404,30 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
+        dev, kind = self.info.device, self.cfg.model.kind
+        use_bf16 = self.cfg.train.precision == "bf16" and dev.type == "cuda"
+        w = self.cfg.loss.image_loss_weight
+        # The ground embeddings of every micro-batch first (frozen: no graph), so that each micro-batch's
+        # softmax spans the whole step, as one batch of grad_accum x batch_size tiles would.
+        with torch.no_grad():
+            grounds = [self._ground(b) for b in batches]
+        sizes = [b["images"].shape[0] for b in batches]
+        sets = step_ground_sets(kind, grounds, [b["owner"].to(dev) for b in batches],
+                                [b["patch_index"].to(dev) for b in batches], sizes, self.info, w)
         total = 0.0
         finite = True
+        start = 0
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
             ctx = self.ddp.no_sync() if (self.info.enabled and not last) else _nullctx()
             with ctx:
-                scaled, raw = self._loss(batch)
+                scaled, raw = micro_batch_loss(self.forward, kind, batch["images"].to(dev, non_blocking=True), start,
+                                               self.info, *sets, image_loss_weight=w, bf16=use_bf16)
                 finite = finite and bool(torch.isfinite(raw))
-                (scaled / len(batches)).backward()
-            total += float(raw) / len(batches)
+                scaled.backward()
+            # Summed over micro-batches, the scaled losses are this rank's estimate of the step's loss.
+            total += float(scaled.detach())
+            start += sizes[i]
         ok = D.all_true(finite and self._grads_finite(), self.info)
         if not ok:
             self.optimizer.zero_grad(set_to_none=True)
@@ -355,8 +484,18 @@ class Trainer:
                 self.last_validation = self.validator.run(self.model.encoder, self.info.device)
                 if self.last_validation is not None:
                     self._log(writer, self.last_validation)
-            if self.step % cfg.train.ckpt_every == 0 or self.step == cfg.train.max_steps:
+            saved = self.step % cfg.train.ckpt_every == 0 or self.step == cfg.train.max_steps
+            if saved:
                 last_ckpt = self.save()
+            # Every rank stops at the same step boundary, even if the signal reached only some of them.
+            stopped_by = D.all_max(self.stop_request.signum, self.info)
+            if stopped_by and self.step < cfg.train.max_steps:
+                last_ckpt = last_ckpt if saved else self.save()
+                log.warning("stopped by %s at step %d; checkpoint %s", signal.Signals(stopped_by).name, self.step,
+                            last_ckpt)
+                break
+        else:
+            stopped_by = 0
         bar.close()
         if writer is not None:
             writer.close()
@@ -366,7 +505,7 @@ class Trainer:
             log.info("%s", verdict)
         return TrainSummary(steps=self.step, final_loss=loss, bad_steps=self.bad_total,
                             checkpoint=str(last_ckpt) if last_ckpt else None, seconds=secs,
-                            tiles_per_s=tiles / max(secs, 1e-9), validation=verdict)
+                            tiles_per_s=tiles / max(secs, 1e-9), stopped_by=stopped_by, validation=verdict)
 
     def _log(self, writer, scalars: dict[str, float]) -> None:
         for k, v in scalars.items():
@@ -402,6 +541,9 @@ def train(cfg: TrainConfig, resume: str | None = None, live_ground: bool = False
 
     Raises:
         RunFolderInUse: ``cfg.run_dir`` holds a run and neither ``resume`` nor ``overwrite`` is given.
+
+    SIGTERM/SIGUSR1 during training end it early after a checkpoint: the summary's ``stopped_by`` is
+    then the signal, and a caller must not treat the run as finished.
     """
     prepare_run_dir(cfg.run_dir, resume, overwrite)
     info = D.setup(cfg.train.device)
@@ -410,7 +552,8 @@ def train(cfg: TrainConfig, resume: str | None = None, live_ground: bool = False
         trainer = Trainer(cfg, live_ground=live_ground, info=info)
         if resume and trainer.resume(resume) and info.is_main:
             drop_metrics_after(cfg.run_dir, trainer.step)
-        return trainer.fit(stop_after=stop_after)
+        with trainer.stop_request:
+            return trainer.fit(stop_after=stop_after)
     finally:
         D.teardown()
 
@@ -418,6 +561,14 @@ def train(cfg: TrainConfig, resume: str | None = None, live_ground: bool = False
 def run_train_command(args) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)
     summary = train(cfg, resume=args.resume, live_ground=args.live_ground, overwrite=args.overwrite)
+    if summary.stopped_by:
+        # 128 + signal: how a shell reports a process ended by that signal, so schedulers and scripts see an
+        # unfinished run (not COMPLETED), here with its state saved. train/slurm.sbatch requeues the job.
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"\nstopped by {signal.Signals(summary.stopped_by).name} at step {summary.steps} of "
+                  f"{cfg.train.max_steps}; checkpoint: {summary.checkpoint}\ncontinue with the same command and "
+                  f"--resume latest")
+        return 128 + summary.stopped_by
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"\ntrained {cfg.model.kind}-level encoder: {summary.steps} steps, final loss {summary.final_loss:.4f}, "

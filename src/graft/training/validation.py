@@ -89,8 +89,10 @@ class Validator:
         except DataError as e:
             log.warning("validation signal off: %s (set validation.split to a split the dataset has)", e)
             return
+        # Tiles as the image-level model's positives see them, for either model: the centre crop and the
+        # photos inside it (graft_pairs evaluation uses the same geometry).
         self.spec = replace(stream, shards=shards, split=v.split, train=False, rank=0, world_size=1,
-                            shuffle_buffer=0)
+                            shuffle_buffer=0, positives="crop", level="image")
 
     @property
     def active(self) -> bool:
