@@ -57,7 +57,7 @@ def empty_build_message(cfg: BuildConfig, stats: dict, photo_extent: tuple[float
     parts = [f"{reason}: {n} ({_hint(cfg, reason, photo_extent)})" for reason, n in reasons]
     if seen == 0:
         if any(r.startswith("query_failed") for r, _ in reasons):  # the searches failed, not found nothing
-            return (f"the build kept no photo: its searches failed; top reasons: " + "; ".join(parts)
+            return ("the build kept no photo: its searches failed; top reasons: " + "; ".join(parts)
                     + f". Full ledger with examples: {cfg.out_dir}/stats.json")
         return f"the build kept no photo: {_nothing_found(cfg)}"
     return (f"the build kept {what} of {seen} photos seen; top reasons: " + "; ".join(parts)
