@@ -227,9 +227,18 @@ def test_earth_engine_build_failing_flickr_and_doctor_leak_no_secret(env, fake_e
     })
     dead_config = tmp_path / "unreachable.yaml"
     dead_config.write_text(yaml.safe_dump(dead))
-    assert graft_main(["build", str(dead_config)]) == 0  # failed queries are ledger entries
+    # Failed queries are ledger entries; with every one failed the build kept nothing, an error (exit 2)
+    # raised after stats.json is written.
+    assert graft_main(["build", str(dead_config)]) == 2
+    earlier = capfd.readouterr()  # kept for the leak check below
+    assert "searches failed" in earlier.err
     unreachable = json.loads((tmp_path / "unreachable" / "stats.json").read_text())
-    assert unreachable["rejections"]["counts"] == {"query_failed:connection_error": 3}
+    # Each of the 3 points is searched by its own partition and again by each neighbour block its
+    # circle reaches (FlickrGround.plan): one failed query per search.
+    searches = unreachable["counts"]
+    assert searches["query_points"] == 3 and searches["neighbour_searches"] == searches["neighbour_searches_planned"]
+    assert unreachable["rejections"]["counts"] == {
+        "query_failed:connection_error": searches["query_points"] + searches["neighbour_searches"]}
     assert all(f"api_key={MASK}" in e["detail"] for e in unreachable["rejections"]["examples"])
 
     # Flickr refusing the key: every partition fails, with a message that names the variables only.
@@ -256,7 +265,7 @@ def test_earth_engine_build_failing_flickr_and_doctor_leak_no_secret(env, fake_e
     assert graft_main(["doctor", "--offline"]) == 1
 
     captured = capfd.readouterr()
-    logs = captured.out + captured.err + caplog.text
+    logs = earlier.out + earlier.err + captured.out + captured.err + caplog.text
     logs += "".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     assert "not readable JSON" in logs and "builder@graft-sentinel-project" in logs  # doctor said what it saw
     assert any(r.levelname == "ERROR" and "partition" in r.getMessage() for r in caplog.records)

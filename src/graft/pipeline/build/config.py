@@ -209,10 +209,13 @@ def config_yaml(cfg: BuildConfig) -> str:
 
     Secrets are never part of a config (sections name the environment
     variables that hold them). ``filter.decision`` is left out for kinds other
-    than ``resnet18-places365``: it does not apply to them, and the filter
-    config refuses an explicit ``top10_vote`` there.
+    than ``resnet18-places365`` and ``filter.prompts`` for kinds other than
+    ``clip``: they do not apply there, and the filter config refuses them
+    when explicitly set (an explicit ``top10_vote``, any ``prompts``).
     """
     data = yaml.safe_load(dump_config(cfg))
     if data["filter"].get("kind") != "resnet18-places365" and data["filter"].get("decision") == "top10_vote":
         del data["filter"]["decision"]
+    if data["filter"].get("kind") != "clip":
+        data["filter"].pop("prompts", None)
     return yaml.safe_dump(data, sort_keys=False)

@@ -30,6 +30,8 @@ _HINTS = {
     "not_an_image": "the files are not images: check ground.folder.extensions",
     "sidecar_bad_row": "the sidecar rows are malformed: each needs path, lat, lon (taken_at may be empty)",
     "file_missing": "the files vanished or cannot be read: check permissions on ground.folder.root",
+    "query_failed:connection_error": "the search endpoint cannot be reached: check ground.flickr.rest_url and the "
+                                     "network, then re-run",
 }
 
 
@@ -51,10 +53,13 @@ def empty_build_message(cfg: BuildConfig, stats: dict, photo_extent: tuple[float
     """
     seen, kept = stats["photos"]["seen"], stats["photos"]["kept"]
     what = "no photo" if kept == 0 else f"{kept} photos but no tile"
-    if seen == 0:
-        return f"the build kept no photo: {_nothing_found(cfg)}"
     reasons = sorted(stats["rejections"]["counts"].items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
     parts = [f"{reason}: {n} ({_hint(cfg, reason, photo_extent)})" for reason, n in reasons]
+    if seen == 0:
+        if any(r.startswith("query_failed") for r, _ in reasons):  # the searches failed, not found nothing
+            return ("the build kept no photo: its searches failed; top reasons: " + "; ".join(parts)
+                    + f". Full ledger with examples: {cfg.out_dir}/stats.json")
+        return f"the build kept no photo: {_nothing_found(cfg)}"
     return (f"the build kept {what} of {seen} photos seen; top reasons: " + "; ".join(parts)
             + f". Full ledger with examples: {cfg.out_dir}/stats.json")
 

@@ -65,9 +65,14 @@ class FlickrGround(GroundKind):
         stack.callback(lambda: run.counts.update({f"flickr_{k}": v for k, v in nsrc.counters.items()}))
         mine = _photos_of_partition(run, *_search(run, src, nsrc))
         for reason, n in theirs.counts.items():
-            if reason.startswith("query_"):
-                for _ in range(n):
-                    run.ledger.add(reason, "a neighbour's query point", "searched for this block")
+            if not reason.startswith("query_"):
+                continue
+            # Keep the failed query's own item (its point and page) and detail, as the own searches do.
+            named = [e for e in theirs.examples if e["reason"] == reason]
+            for e in named:
+                run.ledger.add(reason, e["item"], f"{e['detail']} (a neighbour's point, searched for this block)")
+            for _ in range(n - len(named)):  # beyond the ledger's bounded examples
+                run.ledger.add(reason, "a neighbour's query point", "searched for this block")
         run.counts["input"] += len(mine)
 
         def loader(p: GroundPhoto) -> Callable[[], bytes | None]:
