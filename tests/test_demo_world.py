@@ -205,3 +205,33 @@ def test_bad_config_and_missing_world_are_explained(tmp_path):
         WorldConfig(n_photos=100, n_hotspots=2, hotspot_photos=40)
     with pytest.raises(FileNotFoundError, match="generate_world"):
         load_world(tmp_path)
+
+
+def test_lookalike_variant_differs_from_the_rgb_world_only_where_it_should(tmp_path):
+    """`graft demo --multispectral`'s world: class b wears class a's overhead look in RGB, and NIR tells them apart;
+    labels, photos and every other class's pixels are the RGB world's."""
+    small = dict(seed=5, size_px=512, region_px=128, n_photos=240, n_hotspots=1, hotspot_photos=40, n_towns=3,
+                 filter_train_per_class=4)
+    plain = generate_world(tmp_path / "rgb", WorldConfig(**small))
+    ms = generate_world(tmp_path / "ms", WorldConfig(**small, lookalike=("forest", "city")))
+    forest, city = CLASSES.index("forest"), CLASSES.index("city")
+    labels = ms.labels
+    np.testing.assert_array_equal(labels, plain.labels)
+    assert (labels == city).mean() > 0.02 and (labels == forest).mean() > 0.02
+    assert _digest(tmp_path / "ms" / "photos") == _digest(tmp_path / "rgb" / "photos")
+    other = (labels != city)
+    np.testing.assert_array_equal(ms.rgb[other], plain.rgb[other])
+    with pytest.raises(ValueError, match="no near-infrared band"):
+        plain.nir  # noqa: B018
+
+    def look(world, k):  # per-channel mean and spread of the class's pixels
+        px = world.rgb[labels == k].astype(float)
+        return np.concatenate([px.mean(axis=0), px.std(axis=0)])
+
+    # In RGB the city now has the forest's colour and texture statistics, which its own look does not ...
+    assert np.abs(look(ms, city) - look(ms, forest)).max() < 8
+    assert np.abs(look(plain, city) - look(plain, forest)).max() > 15
+    # ... and in NIR the two are far apart, further than the spread within either.
+    nir = ms.nir.astype(float)
+    gap = nir[labels == forest].mean() - nir[labels == city].mean()
+    assert gap > 3 * max(nir[labels == forest].std(), nir[labels == city].std())

@@ -75,3 +75,27 @@ def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
     assert [c.name for c in list_checkpoints(run)] == [
         "step-0000020", "step-0000030", "step-0001000", "step-0002000", "step-0003000"]
     assert prune_checkpoints(run, 30, keep_last=1, keep_steps=(20,)) == []
+
+
+def test_resume_refuses_a_config_that_changes_what_the_weights_are(tiny_world, tmp_path, capsys, caplog):
+    """Why: `--resume latest` loaded any checkpoint under any config; a run resumed with another teacher, kind or
+    band list continued another run's weights (or died deep in load_state_dict)."""
+    run = tmp_path / "run"
+    train(train_config(tiny_world, run, train={"max_steps": 3}))
+
+    pixel = train_config(tiny_world, run, model={"kind": "pixel"}, train={"max_steps": 6})
+    cfg_file = tmp_path / "pixel.yaml"
+    cfg_file.write_text(yaml.safe_dump(pixel.model_dump(mode="json")))
+    capsys.readouterr()
+    assert main(["train", str(cfg_file), "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "model.kind: 'image' -> 'pixel'" in err and "--overwrite" in err
+    assert [c.name for c in list_checkpoints(run)] == ["step-0000003"]  # untouched
+
+    # A longer schedule is what resuming is for: it goes on, and the log names what changed.
+    longer = train_config(tiny_world, run, train={"max_steps": 6})
+    with caplog.at_level("WARNING", logger="graft.training.run_dir"):
+        assert train(longer, resume="latest").steps == 6
+    assert "train.max_steps: 3 -> 6" in caplog.text
+    assert _steps(run) == [1, 2, 3, 4, 5, 6]

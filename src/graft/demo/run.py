@@ -155,6 +155,38 @@ def demo_train_config(run_dir: Path, teacher, dataset: Path, kind: str, steps: i
     }, source=f"demo {kind}-level training config")
 
 
+def demo_teacher(world, out_dir: Path, plan: DemoPlan, seed: int):
+    """The demo's CLIP teacher, and whether it is new: the one in ``out_dir`` if this plan trained it on this
+    world (a re-run demo), else one trained now."""
+    from graft.demo.teacher import find_teacher, train_teacher
+
+    args = {"steps": plan.teacher_steps, "batch_size": plan.teacher_batch, "seed": seed}
+    found = find_teacher(world, out_dir, **args)
+    if found is not None:
+        print(f"      reusing the teacher in {out_dir} (trained by this plan on this world)")
+        return found, False
+    return train_teacher(world, out_dir, **args), True
+
+
+def train_demo_encoder(cfg, fresh: bool = False):
+    """Train one demo encoder: resume the run in its folder if it was started with this very config and
+    teacher (an interrupted demo), else start again (``fresh``: a new teacher; or the demo's code or plan
+    changed since: continuing would mix two runs). Exits like the trainer if SIGTERM/SIGUSR1 stopped it,
+    rather than evaluate a half-trained model."""
+    from graft.config import dump_config
+    from graft.training.run_dir import config_changes, holds_run
+    from graft.training.trainer import train
+
+    saved = Path(cfg.run_dir) / "config.yaml"
+    stale = holds_run(cfg.run_dir) and (
+        fresh or not saved.is_file() or bool(config_changes(saved.read_text(), dump_config(cfg))))
+    summary = train(cfg, resume=None if stale else "latest", overwrite=stale)
+    if summary.stopped_by:
+        print(f"\ninterrupted; re-run the same command to resume (checkpoint: {summary.checkpoint})")
+        raise SystemExit(128 + summary.stopped_by)
+    return summary
+
+
 def write_heldout_sets(world, out: Path, size: int, allowed: np.ndarray, per_class: int, seg_tiles: int,
                        seed: int, min_purity: float = 0.9) -> tuple[Path, Path]:
     """Held-out tiles from the test blocks: an EuroSAT-layout ImageFolder and an image/mask segmentation set.
@@ -209,7 +241,6 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     """Run the whole demo; returns the report dict (also written to ``out/report.json``)."""
     import torch
 
-    from graft.demo.teacher import train_teacher
     from graft.demo.vqa_set import write_heldout_vqa
     from graft.demo.world import generate_world
     from graft.evaluation import report as rep
@@ -219,7 +250,6 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     from graft.pipeline.build import build_dataset
     from graft.pipeline.embed import embed_dataset
     from graft.training.indoor_filter import train_binary_filter
-    from graft.training.trainer import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,8 +264,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
         world = generate_world(out / "world", replace(plan.world, seed=seed))
 
     with stage("teacher", "training the tiny CLIP teacher on ground photos + captions only"):
-        teacher = train_teacher(world, out / "teacher", steps=plan.teacher_steps, batch_size=plan.teacher_batch,
-                                seed=seed)
+        teacher, new_teacher = demo_teacher(world, out / "teacher", plan, seed)
         input_size = load_clip(teacher).image_size
     tile_size = int(round(input_size * plan.tile_factor))
 
@@ -248,18 +277,14 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
         build = build_dataset(build_cfg)
 
     with stage("embed", "caching teacher embeddings of every kept ground photo"):
-        embed_dataset(out / "dataset", teacher, batch_size=256, workers=2, device="cpu", force=False)
+        embed_dataset(out / "dataset", teacher, batch_size=256, workers=2, device="cpu", force=new_teacher)
 
     runs = {}
     with stage("train", "training the image- and pixel-level satellite encoders (no text involved)"):
         for kind, steps, lr in (("image", plan.image_steps, 3e-4), ("pixel", plan.pixel_steps, 3e-4)):
             cfg = demo_train_config(out / f"train-{kind}", teacher, out / "dataset", kind, steps, lr,
                                     plan.batch_size, seed)
-            runs[kind] = train(cfg, resume="latest")
-            if runs[kind].stopped_by:
-                # SIGTERM/SIGUSR1 stopped training after a checkpoint: do not evaluate a half-trained model.
-                print(f"\ninterrupted; re-run the same command to resume (checkpoint: {runs[kind].checkpoint})")
-                raise SystemExit(128 + runs[kind].stopped_by)
+            runs[kind] = train_demo_encoder(cfg, fresh=new_teacher)
 
     with stage("eval", "evaluating on held-out geographic blocks, beside the teacher applied directly"):
         allowed = _test_block_mask(world, out / "dataset", plan.block_km, bbox)

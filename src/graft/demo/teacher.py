@@ -15,6 +15,7 @@ The result is saved as an open_clip ``local-dir:`` folder (the same layout
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -56,6 +58,8 @@ class TeacherReport:
     train_seconds: float
     heldout_accuracy: float
     heldout_ids: list[str]
+    # What the weights came from: the training arguments and the world's config (see :func:`find_teacher`).
+    recipe: dict[str, Any] | None = None
 
 
 def _read_captions(world: World) -> list[tuple[str, str]]:
@@ -152,6 +156,8 @@ def train_teacher(world: World, out_dir: str | Path, steps: int = 300, batch_siz
     if not 0.0 < holdout_frac < 0.5:
         raise ValueError(f"holdout_frac={holdout_frac}: expected a fraction in (0, 0.5)")
     out_dir = Path(out_dir).resolve()
+    recipe = teacher_recipe(world, steps=steps, batch_size=batch_size, seed=seed, lr=lr, weight_decay=weight_decay,
+                            warmup=warmup, holdout_frac=holdout_frac)
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     model, _, preprocess = open_clip.create_model_and_transforms(TEACHER_MODEL)
@@ -199,11 +205,39 @@ def train_teacher(world: World, out_dir: str | Path, steps: int = 300, batch_siz
         acc, n_eval = photo_zero_shot_accuracy(bundle, world, photo_ids=held_ids, return_count=True)
         report = TeacherReport(model=f"local-dir:{out_dir}", steps=steps, batch_size=batch_size, seed=seed, lr=lr,
                                train_photos=int(train_idx.size), heldout_photos=n_eval, final_loss=final_loss,
-                               train_seconds=round(train_seconds, 2), heldout_accuracy=acc, heldout_ids=held_ids)
+                               train_seconds=round(train_seconds, 2), heldout_accuracy=acc, heldout_ids=held_ids,
+                               recipe=recipe)
         # open_clip ignores extra files in a local-dir folder.
         (tmp / "teacher.json").write_text(json.dumps(asdict(report), indent=1, sort_keys=True) + "\n")
     log.info("CLIP teacher: %d steps in %.1f s; zero-shot accuracy on %d held-out outdoor ground photos %.3f -> %s",
              steps, train_seconds, n_eval, acc, out_dir)
+    return ClipSpec(model=f"local-dir:{out_dir}", pretrained=None)
+
+
+# train_teacher's arguments that do not change the weights it writes (threads: see its docstring).
+_NOT_RECIPE = ("world", "out_dir", "threads", "progress")
+
+
+def teacher_recipe(world: World, **args: Any) -> dict[str, Any]:
+    """What a teacher's weights come from: :func:`train_teacher`'s arguments, defaults filled in, and the world's
+    config, as JSON types."""
+    bound = inspect.signature(train_teacher).bind_partial(**args)
+    bound.apply_defaults()
+    kept = {k: v for k, v in bound.arguments.items() if k not in _NOT_RECIPE}
+    return json.loads(json.dumps({**kept, "world": world.config.to_json()}))
+
+
+def find_teacher(world: World, out_dir: str | Path, **args: Any) -> ClipSpec | None:
+    """The teacher in ``out_dir`` if :func:`train_teacher` wrote it with these arguments on a world with this
+    config; else None. A re-run demo reuses it instead of training again, so the embedding cache and the
+    training runs made with it stay valid (to them a retrained teacher is a new tower)."""
+    out_dir = Path(out_dir).resolve()
+    try:
+        report = read_teacher_report(out_dir)
+    except (FileNotFoundError, TypeError, ValueError):  # absent, or written by an older graft
+        return None
+    if report.recipe != teacher_recipe(world, **args) or not (out_dir / "open_clip_model.safetensors").is_file():
+        return None
     return ClipSpec(model=f"local-dir:{out_dir}", pretrained=None)
 
 

@@ -95,3 +95,54 @@ def drop_metrics_after(run_dir: str | Path, step: int) -> int:
     if len(kept) != len(lines):
         atomic_write_text(path, "".join(f"{x}\n" for x in kept))
     return len(lines) - len(kept)
+
+
+# What a checkpoint's weights are: an encoder of this kind, reading these bands, aligned to this teacher on this
+# dataset. Resuming with any of these changed would continue another run's weights (or fail deep in
+# load_state_dict), so it is refused. Everything else (the schedule, the loss, batch size, workers, precision,
+# the device) may change on resume, with a warning that names the change.
+RUN_IDENTITY = ("clip.model", "clip.pretrained", "model.kind", "model.bands", "data.dataset")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(saved_yaml: str, current_yaml: str) -> dict[str, tuple[object, object]]:
+    """Dotted keys whose value differs between two run configs (``dump_config`` YAML): key -> (saved, current).
+    ``run_dir`` is not compared (a run folder may be moved)."""
+    import yaml
+
+    old, new = (_flat(yaml.safe_load(y) or {}) for y in (saved_yaml, current_yaml))
+    keys = (old.keys() | new.keys()) - {"run_dir"}
+    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
+
+
+def check_resume_config(checkpoint: Path, current_yaml: str) -> None:
+    """Refuse to resume ``checkpoint`` under a config that changes what its weights mean; warn on other changes.
+
+    Raises:
+        ConfigError: a :data:`RUN_IDENTITY` key differs, named with both values.
+    """
+    saved = checkpoint / "config.yaml"
+    if not saved.is_file():
+        return
+    changes = config_changes(saved.read_text(), current_yaml)
+    if not changes:
+        return
+    identity = {k: v for k, v in changes.items() if k in RUN_IDENTITY}
+    listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in (identity or changes).items())
+    if identity:
+        raise ConfigError(
+            f"cannot resume {checkpoint}: it was trained with a different {', '.join(identity)} ({listed}). Resuming "
+            "would continue another run's weights. Pass --overwrite to start again (the old run is moved aside), "
+            "or set run_dir to a new folder")
+    log.warning("resuming %s with a changed config (%s): the run continues from step %s under the new values",
+                checkpoint, listed, checkpoint.name.rsplit("-", 1)[-1].lstrip("0") or "0")

@@ -47,7 +47,7 @@ from graft.storage import atomic_write_text, clean_stale_temps
 from graft.training import distributed as D
 from graft.training.config import TrainConfig
 from graft.training.data import BatchIterator, StreamSpec, check_embedding_cache, split_shards
-from graft.training.run_dir import drop_metrics_after, prepare_run_dir
+from graft.training.run_dir import check_resume_config, drop_metrics_after, prepare_run_dir
 from graft.training.validation import Validator, judge, protected_steps, score_history
 
 log = logging.getLogger(__name__)
@@ -359,6 +359,7 @@ class Trainer:
         if ckpt is None:
             log.info("no checkpoint in %s yet; starting from step 0", self.run_dir)
             return False
+        check_resume_config(ckpt, dump_config(self.cfg))
         self.model.encoder.load_state_dict(load_model_state(ckpt, device=str(self.info.device)), strict=True)
         st = load_trainer_state(ckpt)
         self.optimizer.load_state_dict(st["optimizer"])
