@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 
 from graft.demo.teacher import (
     TEACHER_MODEL,
+    find_teacher,
     photo_zero_shot_accuracy,
     read_teacher_report,
     tile_zero_shot_accuracy,
@@ -76,6 +78,19 @@ def test_training_is_deterministic_for_a_seed(world, tmp_path):
     wb = load_file(f"{b.model.removeprefix('local-dir:')}/open_clip_model.safetensors")
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
     assert read_teacher_report(a.model).heldout_ids == read_teacher_report(b.model).heldout_ids
+
+
+def test_a_teacher_is_found_again_only_for_the_same_recipe_and_world(world, tmp_path):
+    """A re-run demo reuses its teacher (retraining it would invalidate the embedding cache and the runs)."""
+    spec = train_teacher(world, tmp_path / "t", steps=2, batch_size=32, seed=5, threads=1, progress=False)
+    assert find_teacher(world, tmp_path / "t", steps=2, batch_size=32, seed=5) == spec
+    # threads and progress do not change the weights; every recipe argument, defaults included, does.
+    assert find_teacher(world, tmp_path / "t", steps=2, batch_size=32, seed=5, threads=2, progress=True) == spec
+    assert find_teacher(world, tmp_path / "t", steps=3, batch_size=32, seed=5) is None
+    assert find_teacher(world, tmp_path / "t", steps=2, batch_size=32, seed=5, lr=1e-3) is None
+    other = replace(world, config=replace(world.config, seed=world.config.seed + 1))
+    assert find_teacher(other, tmp_path / "t", steps=2, batch_size=32, seed=5) is None
+    assert find_teacher(world, tmp_path / "absent", steps=2, batch_size=32, seed=5) is None
 
 
 def test_bad_arguments_are_explained(world, tmp_path):

@@ -99,3 +99,21 @@ def test_resume_refuses_a_config_that_changes_what_the_weights_are(tiny_world, t
         assert train(longer, resume="latest").steps == 6
     assert "train.max_steps: 3 -> 6" in caplog.text
     assert _steps(run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_rerun_demo_resumes_its_own_run_and_restarts_a_changed_one(tiny_world, tmp_path):
+    """Why: a demo re-run after its plan changed resumed the old run's checkpoint under the new plan."""
+    from graft.demo.run import train_demo_encoder
+
+    run = tmp_path / "run"
+    cfg = train_config(tiny_world, run, train={"max_steps": 3})
+    assert train_demo_encoder(cfg).steps == 3
+    assert train_demo_encoder(cfg).steps == 3  # the same demo again: resumes the finished run, trains nothing
+    assert _steps(run) == [1, 2, 3] and not (run / "previous-1").exists()
+
+    longer = train_config(tiny_world, run, train={"max_steps": 4})  # the demo's plan changed
+    assert train_demo_encoder(longer).steps == 4
+    assert _steps(run) == [1, 2, 3, 4] and _steps(run / "previous-1") == [1, 2, 3]
+
+    train_demo_encoder(longer, fresh=True)  # a new teacher: the run starts again
+    assert _steps(run / "previous-2") == [1, 2, 3, 4] and _steps(run) == [1, 2, 3, 4]
