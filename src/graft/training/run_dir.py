@@ -97,11 +97,12 @@ def drop_metrics_after(run_dir: str | Path, step: int) -> int:
     return len(lines) - len(kept)
 
 
-# What a checkpoint's weights are: an encoder of this kind, reading these bands, aligned to this teacher on this
-# dataset. Resuming with any of these changed would continue another run's weights (or fail deep in
-# load_state_dict), so it is refused. Everything else (the schedule, the loss, batch size, workers, precision,
-# the device) may change on resume, with a warning that names the change.
-RUN_IDENTITY = ("clip.model", "clip.pretrained", "model.kind", "model.bands", "data.dataset")
+# What a checkpoint's weights are: an encoder of this kind, reading these bands, aligned to this CLIP tower.
+# Resuming with any of these changed would continue another run's weights (or fail deep in load_state_dict), so
+# it is refused. Everything else may change on resume, with a warning that names the change: the schedule, the
+# loss, batch size, workers, the device, and data.dataset (a requeued cluster job may read its copy of the
+# dataset from another path; the embedding cache's own check catches one made with another tower).
+RUN_IDENTITY = ("clip.model", "clip.pretrained", "model.kind", "model.bands")
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, object]:
@@ -142,7 +143,6 @@ def check_resume_config(checkpoint: Path, current_yaml: str) -> None:
     if identity:
         raise ConfigError(
             f"cannot resume {checkpoint}: it was trained with a different {', '.join(identity)} ({listed}). Resuming "
-            "would continue another run's weights. Pass --overwrite to start again (the old run is moved aside), "
-            "or set run_dir to a new folder")
-    log.warning("resuming %s with a changed config (%s): the run continues from step %s under the new values",
-                checkpoint, listed, checkpoint.name.rsplit("-", 1)[-1].lstrip("0") or "0")
+            "would continue another run's weights. Use --overwrite instead of --resume to start again (the old run "
+            "is moved aside), or set run_dir to a new folder")
+    log.warning("resuming %s under a changed config (%s): it continues under the new values", checkpoint, listed)
