@@ -132,7 +132,7 @@ def test_dataset_region_one_heat_geotiff_per_top_tile(setup, tmp_path):
     assert len(files) == 2
     with rasterio.open(files[0]) as h:
         tile = region.tile(files[0].stem)
-        assert h.crs.to_string() == tile.crs and h.transform == tile.transform * Affine.scale(8)
+        assert h.crs.to_string() == tile.crs and h.transform == tile.transform @ Affine.scale(8)
 
 
 def test_web_app_endpoints_serve_only_local_assets(setup, tmp_path):

@@ -68,7 +68,7 @@ def write_heldout_tiles(world, out: Path, size: int, allowed: np.ndarray, per_cl
         rgb, _ = cut_tile(world, s.row, s.col, size)
         r0, c0 = s.row - size // 2, s.col - size // 2
         nir = world.nir[r0:r0 + size, c0:c0 + size]
-        grid = TileGrid(crs=world.grid.crs, transform=t * Affine.translation(c0, r0), size=size)
+        grid = TileGrid(crs=world.grid.crs, transform=t @ Affine.translation(c0, r0), size=size)
         d = root / world.classes[s.class_index]
         d.mkdir(parents=True, exist_ok=True)
         (d / f"tile_{i:05d}.tif").write_bytes(encode_geotiff(np.concatenate([rgb.transpose(2, 0, 1), nir[None]]),

@@ -160,8 +160,8 @@ class MapIndex:
         from affine import Affine
 
         if tile is None:
-            return self.region.transform * Affine.scale(self.region.tile_px / self.grid)
-        return tile.transform * Affine.scale(tile.size / self.grid)
+            return self.region.transform @ Affine.scale(self.region.tile_px / self.grid)
+        return tile.transform @ Affine.scale(tile.size / self.grid)
 
 
 def default_cache_dir(region_path: str | Path, key: dict) -> Path:

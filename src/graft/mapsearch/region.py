@@ -84,7 +84,7 @@ class RasterRegion:
     def _tile(self, i: int, j: int) -> MapTile:
         r0, c0 = i * self.tile_px, j * self.tile_px
         inside = (min(self.height, r0 + self.tile_px) - r0) * (min(self.width, c0 + self.tile_px) - c0)
-        return MapTile(f"r{i:04d}c{j:04d}", self.crs, self.transform * Affine.translation(c0, r0), self.tile_px,
+        return MapTile(f"r{i:04d}c{j:04d}", self.crs, self.transform @ Affine.translation(c0, r0), self.tile_px,
                        r0, c0, inside / self.tile_px ** 2)
 
     def tile(self, tile_id: str) -> MapTile:
