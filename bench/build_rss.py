@@ -132,7 +132,7 @@ def _world_bbox(world) -> list[float]:
 
 def _indoor_filter(work: Path, world, plan, seed: int) -> Path:
     """The demo's indoor filter (a ResNet18 fitted on the world's labelled set), fitted once and kept."""
-    from graft.pipeline.indoor import train_binary_filter
+    from graft.training.indoor_filter import train_binary_filter
 
     path = work / f"indoor_filter-e{plan.filter_epochs}-s{seed}.safetensors"
     if not path.is_file():

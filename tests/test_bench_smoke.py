@@ -7,10 +7,13 @@ starts several ``graft`` subprocesses, so its quick run is marked heavy.
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
+import importlib
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,3 +193,18 @@ def test_ablation_positives_quick(tmp_path):
     res = ablation_positives.run(BenchContext(quick=True, workdir=tmp_path))
     assert sorted(f.name for f in res.figures) == sorted(ablation_positives.FIGURES)
     assert all(0.0 <= f.value <= 1.0 for f in res.figures)
+
+
+def test_every_graft_name_the_bench_imports_exists():
+    """Why: `make bench` imported `train_binary_filter` from where it lived before a move; the import sits inside
+    a function that only the full (heavy) bench reaches, so nothing in CI noticed and build_rss came out NaN."""
+    missing = []
+    for path in sorted((Path(__file__).parents[1] / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("graft"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name) and importlib.util.find_spec(
+                            f"{node.module}.{alias.name}") is None:
+                        missing.append(f"{path.name}:{node.lineno}: {node.module}.{alias.name}")
+    assert not missing, missing
