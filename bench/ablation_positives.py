@@ -64,17 +64,17 @@ def run(ctx: BenchContext) -> GroupResult:
         _test_block_mask,
         _world_bbox,
         demo_build_config,
+        demo_teacher,
         demo_train_config,
+        train_demo_encoder,
         write_heldout_sets,
     )
-    from graft.demo.teacher import train_teacher
     from graft.demo.world import CLASSES, WorldConfig, generate_world
     from graft.evaluation.run import evaluate
     from graft.models.clip_tower import load_clip
     from graft.pipeline.build import build_dataset
     from graft.pipeline.embed import embed_dataset
     from graft.training.indoor_filter import train_binary_filter
-    from graft.training.trainer import train
 
     if len(CLASSES) != N_CLASSES:
         raise RuntimeError(f"the demo world has {len(CLASSES)} classes; update N_CLASSES in {__name__}")
@@ -86,8 +86,7 @@ def run(ctx: BenchContext) -> GroupResult:
     log(f"{GROUP}: world ({world_cfg.size_px} px, land-cover regions ~{REGION_PX} px)")
     world = generate_world(work / "world", world_cfg)
     log(f"{GROUP}: teacher ({st['teacher_steps']} steps)")
-    teacher = train_teacher(world, work / "teacher", steps=st["teacher_steps"], batch_size=st["teacher_batch"],
-                            seed=seed)
+    teacher, new_teacher = demo_teacher(world, work / "teacher", st["teacher_steps"], st["teacher_batch"], seed)
     input_size = load_clip(teacher).image_size
     tile_size = int(round(input_size * st["tile_factor"]))
     filt = work / "indoor_filter.safetensors"
@@ -96,16 +95,14 @@ def run(ctx: BenchContext) -> GroupResult:
     log(f"{GROUP}: build + embed ({tile_size}-px tiles)")
     dataset = work / "dataset"
     build_dataset(demo_build_config(work, world, filt, _world_bbox(world), tile_size, st["block_km"], seed))
-    embed_dataset(dataset, teacher, batch_size=256, workers=0, device="cpu", force=False)
+    embed_dataset(dataset, teacher, batch_size=256, workers=0, device="cpu", force=new_teacher)
 
     runs = {}
     for positives in ("crop", "tile"):
         log(f"{GROUP}: image-level training, positives: {positives} ({st['image_steps']} steps)")
         cfg = demo_train_config(work / f"train-{positives}", teacher, dataset, "image", st["image_steps"], 3e-4,
                                 st["batch_size"], seed, positives=positives)
-        runs[positives] = train(cfg)
-        if runs[positives].stopped_by:
-            raise RuntimeError(f"training was stopped by signal {runs[positives].stopped_by}; no figure")
+        runs[positives] = train_demo_encoder(cfg, fresh=new_teacher)
 
     # How fine-grained the world is at this tile size: the mean share of a tile covered by its majority class.
     labels, half = world.labels, tile_size // 2

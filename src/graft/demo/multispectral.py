@@ -115,7 +115,7 @@ def run_multispectral_demo(out: str | Path = "runs/demo-ms", quick: bool = True,
         world = generate_world(out / "world", replace(plan.world, seed=seed, lookalike=LOOKALIKE))
 
     with stage("teacher", "training the tiny CLIP teacher on ground photos + captions only"):
-        teacher, new_teacher = demo_teacher(world, out / "teacher", plan, seed)
+        teacher, new_teacher = demo_teacher(world, out / "teacher", plan.teacher_steps, plan.teacher_batch, seed)
         input_size = load_clip(teacher).image_size
     tile_size = int(round(input_size * plan.tile_factor))
 

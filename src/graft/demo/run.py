@@ -155,15 +155,15 @@ def demo_train_config(run_dir: Path, teacher, dataset: Path, kind: str, steps: i
     }, source=f"demo {kind}-level training config")
 
 
-def demo_teacher(world, out_dir: Path, plan: DemoPlan, seed: int):
-    """The demo's CLIP teacher, and whether it is new: the one in ``out_dir`` if this plan trained it on this
-    world (a re-run demo), else one trained now."""
+def demo_teacher(world, out_dir: Path, steps: int, batch_size: int, seed: int):
+    """The demo's CLIP teacher, and whether it is new: the one in ``out_dir`` if these settings trained it on
+    this world (a re-run demo), else one trained now."""
     from graft.demo.teacher import find_teacher, train_teacher
 
-    args = {"steps": plan.teacher_steps, "batch_size": plan.teacher_batch, "seed": seed}
+    args = {"steps": steps, "batch_size": batch_size, "seed": seed}
     found = find_teacher(world, out_dir, **args)
     if found is not None:
-        print(f"      reusing the teacher in {out_dir} (trained by this plan on this world)")
+        print(f"      reusing the teacher in {out_dir} (trained with these settings on this world)")
         return found, False
     return train_teacher(world, out_dir, **args), True
 
@@ -264,7 +264,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
         world = generate_world(out / "world", replace(plan.world, seed=seed))
 
     with stage("teacher", "training the tiny CLIP teacher on ground photos + captions only"):
-        teacher, new_teacher = demo_teacher(world, out / "teacher", plan, seed)
+        teacher, new_teacher = demo_teacher(world, out / "teacher", plan.teacher_steps, plan.teacher_batch, seed)
         input_size = load_clip(teacher).image_size
     tile_size = int(round(input_size * plan.tile_factor))
 
