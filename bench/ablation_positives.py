@@ -63,6 +63,7 @@ def run(ctx: BenchContext) -> GroupResult:
         ZERO_SHOT_TEMPLATES,
         _test_block_mask,
         _world_bbox,
+        build_demo_dataset,
         demo_build_config,
         demo_teacher,
         demo_train_config,
@@ -72,7 +73,6 @@ def run(ctx: BenchContext) -> GroupResult:
     from graft.demo.world import CLASSES, WorldConfig, generate_world
     from graft.evaluation.run import evaluate
     from graft.models.clip_tower import load_clip
-    from graft.pipeline.build import build_dataset
     from graft.pipeline.embed import embed_dataset
     from graft.training.indoor_filter import train_binary_filter
 
@@ -94,7 +94,8 @@ def run(ctx: BenchContext) -> GroupResult:
                         lr=1e-3, init=None, seed=seed)
     log(f"{GROUP}: build + embed ({tile_size}-px tiles)")
     dataset = work / "dataset"
-    build_dataset(demo_build_config(work, world, filt, _world_bbox(world), tile_size, st["block_km"], seed))
+    _, new_data = build_demo_dataset(demo_build_config(work, world, filt, _world_bbox(world), tile_size,
+                                                       st["block_km"], seed))
     embed_dataset(dataset, teacher, batch_size=256, workers=0, device="cpu", force=new_teacher)
 
     runs = {}
@@ -102,7 +103,7 @@ def run(ctx: BenchContext) -> GroupResult:
         log(f"{GROUP}: image-level training, positives: {positives} ({st['image_steps']} steps)")
         cfg = demo_train_config(work / f"train-{positives}", teacher, dataset, "image", st["image_steps"], 3e-4,
                                 st["batch_size"], seed, positives=positives)
-        runs[positives] = train_demo_encoder(cfg, fresh=new_teacher)
+        runs[positives] = train_demo_encoder(cfg, fresh=new_teacher or new_data)
 
     # How fine-grained the world is at this tile size: the mean share of a tile covered by its majority class.
     labels, half = world.labels, tile_size // 2

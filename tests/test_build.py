@@ -524,3 +524,21 @@ def test_flickr_query_points_search_and_partition_ownership(base, tmp_path, monk
     assert summary.stats["counts"]["query_points"] == 30
     assert summary.stats["counts"]["flickr_downloads"] == summary.stats["counts"]["loaded"]
     assert counts["duplicate_content"] == 1 and "flickr-1029" in ids and "flickr-1030" not in ids
+
+
+def test_filter_weights_retrained_into_the_same_file_change_the_fingerprint(base, tmp_path):
+    """Why: the fingerprint held the weights' path only, so a build resumed after the filter was retrained into
+    the same file kept partitions filtered by the old filter beside ones filtered by the new."""
+    weights = tmp_path / "filter.safetensors"
+    weights.write_bytes(b"old weights")
+
+    def fingerprint():
+        cfg = validate(BuildConfig, build_config(base.world, tmp_path / "ds", **{
+            "filter.kind": "resnet18-binary", "filter.weights": str(weights)}))
+        return cfg.fingerprint()
+
+    first = fingerprint()
+    weights.write_bytes(b"old weights")  # rewritten, same bytes (a deterministic retrain): same dataset
+    assert fingerprint() == first
+    weights.write_bytes(b"new weights")
+    assert fingerprint() != first

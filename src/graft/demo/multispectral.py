@@ -32,6 +32,7 @@ from graft.demo.run import (
     _Stages,
     _test_block_mask,
     _world_bbox,
+    build_demo_dataset,
     demo_build_config,
     demo_teacher,
     demo_train_config,
@@ -98,7 +99,6 @@ def run_multispectral_demo(out: str | Path = "runs/demo-ms", quick: bool = True,
     from graft.evaluation.models import load_checkpoint_model, load_clip_model
     from graft.imagery import decode_geotiff
     from graft.models.clip_tower import load_clip
-    from graft.pipeline.build import build_dataset
     from graft.pipeline.embed import embed_dataset
     from graft.training.indoor_filter import train_binary_filter
 
@@ -124,8 +124,8 @@ def run_multispectral_demo(out: str | Path = "runs/demo-ms", quick: bool = True,
         train_binary_filter(world.filter_train_dir, filt, epochs=plan.filter_epochs, batch_size=32,
                             image_size=64, lr=1e-3, init=None, seed=seed)
         bbox = _world_bbox(world)
-        build_dataset(demo_build_config(out, world, filt, bbox, tile_size, plan.block_km, seed,
-                                        geotiff={"bands": [1, 2, 3, 4], "band_names": BANDS}))
+        _, new_data = build_demo_dataset(demo_build_config(out, world, filt, bbox, tile_size, plan.block_km, seed,
+                                                           geotiff={"bands": [1, 2, 3, 4], "band_names": BANDS}))
         embed_dataset(out / "dataset", teacher, batch_size=256, workers=2, device="cpu", force=new_teacher)
 
     runs = {}
@@ -134,7 +134,7 @@ def run_multispectral_demo(out: str | Path = "runs/demo-ms", quick: bool = True,
             cfg = demo_train_config(out / f"train-{name}", teacher, out / "dataset", "image", steps,
                                     3e-4, plan.batch_size, seed, bands=bands,
                                     extra_bands_lr_scale=EXTRA_BANDS_LR_SCALE)
-            runs[name] = train_demo_encoder(cfg, fresh=new_teacher)
+            runs[name] = train_demo_encoder(cfg, fresh=new_teacher or new_data)
 
     with stage("eval", "zero-shot on held-out 4-band tiles: all classes, and the look-alike pair"):
         allowed = _test_block_mask(world, out / "dataset", plan.block_km, bbox)

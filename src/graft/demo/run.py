@@ -66,7 +66,7 @@ class DemoPlan:
     def quick(cls, seed: int = 0) -> DemoPlan:
         from graft.demo.world import WorldConfig
 
-        return cls(world=WorldConfig.quick(seed=seed), teacher_steps=140, teacher_batch=96, filter_epochs=2,
+        return cls(world=WorldConfig.quick(seed=seed), teacher_steps=140, teacher_batch=96, filter_epochs=3,
                    tile_factor=1.5, block_km=2.0, image_steps=80, pixel_steps=80, batch_size=24,
                    heldout_per_class=20, seg_tiles=30, vqa_tiles=30)
 
@@ -168,6 +168,26 @@ def demo_teacher(world, out_dir: Path, steps: int, batch_size: int, seed: int):
     return train_teacher(world, out_dir, **args), True
 
 
+def build_demo_dataset(cfg):
+    """Build the demo's dataset, and say whether it is new: a dataset left by an earlier run with other build
+    settings (another filter, tile size, world) is deleted and built again (it is the demo's own output), where
+    ``graft build`` would refuse to mix the two. Returns the build's result and True unless every partition was
+    already built with these settings."""
+    import shutil
+
+    from graft.dataset.layout import part_dirs
+    from graft.dataset.manifest import read_part_stats
+    from graft.pipeline.build import build_dataset
+
+    out, fp = Path(cfg.out_dir), cfg.fingerprint()
+    stats = [read_part_stats(d) for _, d in part_dirs(out)] if out.is_dir() else []
+    if any(st is not None and st.get("config_fingerprint") != fp for st in stats):
+        print(f"      the build settings changed since {out} was built: building it again")
+        shutil.rmtree(out)
+    complete_before = (out / "manifest.parquet").is_file()
+    return build_dataset(cfg), not complete_before
+
+
 def train_demo_encoder(cfg, fresh: bool = False):
     """Train one demo encoder: resume the run in its folder if it was started with this very config and
     teacher (an interrupted demo), else start again (``fresh``: a new teacher; or the demo's code or plan
@@ -247,7 +267,6 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     from graft.evaluation.export import export_checkpoint
     from graft.evaluation.run import EvalConfig, evaluate
     from graft.models.clip_tower import load_clip
-    from graft.pipeline.build import build_dataset
     from graft.pipeline.embed import embed_dataset
     from graft.training.indoor_filter import train_binary_filter
 
@@ -274,7 +293,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
                             image_size=64, lr=1e-3, init=None, seed=seed)
         bbox = _world_bbox(world)
         build_cfg = demo_build_config(out, world, filt, bbox, tile_size, plan.block_km, seed)
-        build = build_dataset(build_cfg)
+        build, new_data = build_demo_dataset(build_cfg)
 
     with stage("embed", "caching teacher embeddings of every kept ground photo"):
         embed_dataset(out / "dataset", teacher, batch_size=256, workers=2, device="cpu", force=new_teacher)
@@ -284,7 +303,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
         for kind, steps, lr in (("image", plan.image_steps, 3e-4), ("pixel", plan.pixel_steps, 3e-4)):
             cfg = demo_train_config(out / f"train-{kind}", teacher, out / "dataset", kind, steps, lr,
                                     plan.batch_size, seed)
-            runs[kind] = train_demo_encoder(cfg, fresh=new_teacher)
+            runs[kind] = train_demo_encoder(cfg, fresh=new_teacher or new_data)
 
     with stage("eval", "evaluating on held-out geographic blocks, beside the teacher applied directly"):
         allowed = _test_block_mask(world, out / "dataset", plan.block_km, bbox)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -145,6 +146,20 @@ class SatelliteConfig(StrictModel):
         return self.time_bin_months if self.kind == "sentinel2" else None
 
 
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the cache, not the hash
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class BuildConfig(StrictModel):
     """The whole dataset build; see data_pipeline/*.yaml for annotated examples.
 
@@ -187,6 +202,11 @@ class BuildConfig(StrictModel):
         data = self.model_dump(mode="json", exclude={"out_dir", "fetch_workers", "gdal_cache_mb"})
         for key in ("device", "cache_dir", "max_reject_share", "check_sample", "check_clusters"):
             data["filter"].pop(key, None)  # the guard's limits decide whether a build runs, not what it holds
+        weights = data["filter"].get("weights")
+        if weights and Path(weights).is_file():
+            # Filter weights retrained into the same file change which photos are kept: the path alone would let
+            # a resumed build mix partitions filtered by the old and the new filter.
+            data["filter"]["weights_sha256"] = _file_sha256(Path(weights).resolve())
         data["satellite"].pop("earthengine", None)
         for section, keys in (("folder", ("workers",)),
                               ("flickr", ("api_key_env", "api_secret_env", "rest_url", "queries_per_hour",
