@@ -529,16 +529,20 @@ def test_flickr_query_points_search_and_partition_ownership(base, tmp_path, monk
 def test_filter_weights_retrained_into_the_same_file_change_the_fingerprint(base, tmp_path):
     """Why: the fingerprint held the weights' path only, so a build resumed after the filter was retrained into
     the same file kept partitions filtered by the old filter beside ones filtered by the new."""
+    from safetensors.numpy import save_file
+
     weights = tmp_path / "filter.safetensors"
-    weights.write_bytes(b"old weights")
+    w = {"fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "fc.bias": np.zeros(2, np.float32)}
 
     def fingerprint():
         cfg = validate(BuildConfig, build_config(base.world, tmp_path / "ds", **{
             "filter.kind": "resnet18-binary", "filter.weights": str(weights)}))
         return cfg.fingerprint()
 
+    save_file(w, str(weights), metadata={"arch": "resnet18", "image_size": "64"})
     first = fingerprint()
-    weights.write_bytes(b"old weights")  # rewritten, same bytes (a deterministic retrain): same dataset
+    # A deterministic retrain: the same tensors, but safetensors may order its header's keys differently.
+    save_file(dict(reversed(w.items())), str(weights), metadata={"image_size": "64", "arch": "resnet18"})
     assert fingerprint() == first
-    weights.write_bytes(b"new weights")
+    save_file({**w, "fc.bias": np.ones(2, np.float32)}, str(weights), metadata={"arch": "resnet18", "image_size": "64"})
     assert fingerprint() != first
