@@ -153,19 +153,23 @@ def _file_sha256(path: Path) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the cache, not the hash
-    h = hashlib.sha256()
     if path.endswith(".safetensors"):
         # The tensors and metadata, not the file's bytes: safetensors writes its header's keys in no fixed
         # order, so retraining the same weights gives a different file (measured on the demo's filter).
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(path, framework="numpy") as f:
-            h.update(json.dumps(f.metadata() or {}, sort_keys=True).encode())
-            for name in sorted(f.keys()):
-                t = f.get_tensor(name)
-                h.update(f"{name}|{t.dtype}|{t.shape}".encode())
-                h.update(t.tobytes())
-        return h.hexdigest()
+        h = hashlib.sha256()
+        try:
+            with safe_open(path, framework="numpy") as f:
+                h.update(json.dumps(f.metadata() or {}, sort_keys=True).encode())
+                for name in sorted(f.keys()):
+                    t = f.get_tensor(name)
+                    h.update(f"{name}|{t.dtype}|{t.shape}".encode())
+                    h.update(t.tobytes())
+            return h.hexdigest()
+        except SafetensorError:
+            pass  # not a readable safetensors file: hash its bytes; loading the filter then says what is wrong
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
