@@ -1,6 +1,6 @@
 """`graft demo --multispectral` (`make demo-ms`): the issue's targets, measured end to end on the quick world.
 
-Heavy (about 2 minutes on 2 quiet cores, twice the time the RGB quick demo's training takes): run with
+Heavy (a run and its re-run took 127 s on 2 quiet cores): run with
 ``pytest -m heavy tests/test_demo_multispectral.py``.
 """
 
